@@ -1,0 +1,115 @@
+"""Prior boxes: from a model, or from a ``.pkl`` file read safely.
+
+A prior array is float ``(num_priors, 8)``: normalised
+``xmin, ymin, xmax, ymax`` followed by the four variances.
+"""
+
+import io
+import os
+import pickle
+
+import numpy as np
+
+# A pickle can run arbitrary code, so only what a pickled NumPy array needs
+# is resolved; anything else is refused.
+_ALLOWED_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("_codecs", "encode"),
+    ("codecs", "encode"),
+}
+
+
+class PriorFileError(ValueError):
+    """A priors file that is missing, unsafe, or not an ``(N, 8)`` array."""
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED_GLOBALS:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: only a plain NumPy array is accepted")
+
+
+def validate_priors(priors, source="priors"):
+    """Return ``priors`` as a float32 ``(N, 8)`` array, or raise ``PriorFileError``."""
+    if not isinstance(priors, np.ndarray):
+        raise PriorFileError(
+            f"{source}: expected a NumPy array of shape (N, 8), got {type(priors).__name__}")
+    if priors.ndim != 2 or priors.shape[1] != 8 or priors.shape[0] == 0:
+        raise PriorFileError(f"{source}: expected shape (N, 8), got {priors.shape}")
+    if not np.issubdtype(priors.dtype, np.number) or np.issubdtype(priors.dtype, np.complexfloating):
+        raise PriorFileError(f"{source}: expected a real numeric array, got dtype {priors.dtype}")
+    priors = priors.astype(np.float32)
+    if not np.all(np.isfinite(priors)):
+        raise PriorFileError(f"{source}: contains NaN or infinite values")
+    return priors
+
+
+def load_priors(path):
+    """Load prior boxes from a pickle file (the originals' ``prior_boxes_ssd300.pkl``).
+
+    Python 2 pickles of the originals load too. Only a plain numeric NumPy
+    array is unpickled; anything else is refused without running its code.
+
+    Args:
+        path: the ``.pkl`` file.
+
+    Returns:
+        float32 array ``(num_priors, 8)``.
+
+    Raises:
+        PriorFileError: the file is missing, not a pickle, unsafe, or not an
+            ``(N, 8)`` numeric array. The message names the file.
+    """
+    path = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PriorFileError(f"{path}: cannot read priors file ({e.strerror})") from None
+    try:
+        priors = _ArrayOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise PriorFileError(f"{path}: {e}") from None
+    except Exception as e:  # truncated or garbage input raises many types
+        raise PriorFileError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None
+    return validate_priors(priors, path)
+
+
+def save_priors(priors, path):
+    """Write priors as a plain pickled float32 array, atomically.
+
+    The file loads with the original notebook's
+    ``pickle.load(open(path, "rb"))``.
+    """
+    priors = validate_priors(np.asarray(priors), "priors")
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "wb") as f:
+        pickle.dump(priors, f, protocol=2)
+    os.replace(tmp, path)
+
+
+def priors_from_model(model):
+    """The prior boxes of a built SSD model, without running it.
+
+    Reads the NumPy boxes held by the model's ``PriorBox`` layers, in the
+    order the model concatenates them (its ``mbox_priorbox`` layer).
+
+    Returns:
+        float32 array ``(num_priors, 8)``.
+    """
+    from .ssd_layers import PriorBox
+
+    concat = model.get_layer("mbox_priorbox")
+    parts = []
+    for node_input in concat._inbound_nodes[0].input_tensors:
+        layer = node_input._keras_history[0]
+        if not isinstance(layer, PriorBox):
+            raise ValueError(f"{layer.name} feeds mbox_priorbox but is not a PriorBox layer")
+        parts.append(layer.prior_boxes)
+    return np.concatenate(parts, axis=0).astype(np.float32)

@@ -1,0 +1,201 @@
+"""``BBoxUtility``: matching ground truth to priors, box coding, and decoding detections.
+
+All in NumPy. Boxes are normalised ``xmin, ymin, xmax, ymax`` (fractions of
+the image width and height). A prior array is ``(num_priors, 8)``: a box
+followed by its four variances.
+"""
+
+import numpy as np
+
+from .box_ops import batched_nms, pairwise_iou
+
+
+def encode_boxes(boxes, priors):
+    """Encode ground-truth boxes against their matched priors (SSD's box coder).
+
+    Args:
+        boxes: ``(N, 4)`` ground-truth boxes.
+        priors: ``(N, 8)`` the prior each box is matched to, with variances.
+
+    Returns:
+        ``(N, 4)``: centre offsets divided by the prior's size and the
+        ``x, y`` variances, and log size ratios divided by the ``w, h``
+        variances.
+    """
+    prior_wh = priors[:, 2:4] - priors[:, :2]
+    prior_center = 0.5 * (priors[:, :2] + priors[:, 2:4])
+    box_wh = boxes[:, 2:4] - boxes[:, :2]
+    box_center = 0.5 * (boxes[:, :2] + boxes[:, 2:4])
+    with np.errstate(divide="ignore"):
+        return np.concatenate([
+            (box_center - prior_center) / prior_wh / priors[:, 4:6],
+            np.log(box_wh / prior_wh) / priors[:, 6:8],
+        ], axis=1)
+
+
+def decode_boxes(mbox_loc, mbox_priorbox, variances):
+    """Invert :func:`encode_boxes`: shifted and scaled priors, clipped to ``[0, 1]``.
+
+    Args:
+        mbox_loc: ``(..., 4)`` predicted offsets.
+        mbox_priorbox: ``(..., 4)`` prior boxes.
+        variances: ``(..., 4)`` prior variances.
+
+    Returns:
+        ``(..., 4)`` boxes.
+    """
+    prior_wh = mbox_priorbox[..., 2:4] - mbox_priorbox[..., :2]
+    prior_center = 0.5 * (mbox_priorbox[..., :2] + mbox_priorbox[..., 2:4])
+    # The centre-y offset is scaled by the prior's height (the original
+    # used its width).
+    center = mbox_loc[..., :2] * prior_wh * variances[..., :2] + prior_center
+    half_wh = 0.5 * np.exp(mbox_loc[..., 2:4] * variances[..., 2:4]) * prior_wh
+    boxes = np.concatenate([center - half_wh, center + half_wh], axis=-1)
+    return np.clip(boxes, 0.0, 1.0)
+
+
+class BBoxUtility:
+    """Utility class to do some stuff with bounding boxes and priors.
+
+    Args:
+        num_classes: number of classes including the background (class 0).
+        priors: ``(num_priors, 8)`` prior boxes and variances, e.g. from
+            :func:`ssd300.priors.load_priors` or
+            :func:`ssd300.priors.priors_from_model`.
+        overlap_threshold: IoU above which a prior is matched to a box.
+        nms_thresh: IoU above which NMS suppresses a detection.
+        top_k: detections kept per class by NMS.
+
+    References:
+        Liu et al., "SSD: Single Shot MultiBox Detector", arXiv:1512.02325.
+    """
+
+    def __init__(self, num_classes, priors=None, overlap_threshold=0.5,
+                 nms_thresh=0.45, top_k=400):
+        self.num_classes = num_classes
+        self.priors = None if priors is None else np.asarray(priors)
+        self.num_priors = 0 if priors is None else len(self.priors)
+        self.overlap_threshold = overlap_threshold
+        self.nms_thresh = nms_thresh
+        self.top_k = top_k
+
+    # nms_thresh and top_k are plain attributes: the original needed setters
+    # only to rebuild its TensorFlow graph.
+
+    def iou(self, box):
+        """IoU of one box ``(4,)`` with every prior; returns ``(num_priors,)``."""
+        return pairwise_iou(np.asarray(box, dtype=np.float64)[None, :4], self.priors[:, :4])[0]
+
+    def encode_box(self, box, return_iou=True):
+        """Encode one box for the priors it matches (the original's per-box step).
+
+        A prior matches when its IoU with the box exceeds
+        ``overlap_threshold``; when none does, the prior of highest IoU is
+        used.
+
+        Returns:
+            flat array ``(num_priors * (4 + return_iou),)``: the encoded box on
+            the matched priors (zeros elsewhere), then the IoU when
+            ``return_iou``.
+        """
+        box = np.asarray(box, dtype=np.float64)[:4]
+        iou = self.iou(box)
+        mask = iou > self.overlap_threshold
+        if not mask.any():
+            mask[iou.argmax()] = True
+        encoded = np.zeros((self.num_priors, 4 + int(return_iou)))
+        if return_iou:
+            encoded[mask, -1] = iou[mask]
+        encoded[mask, :4] = encode_boxes(np.broadcast_to(box, (mask.sum(), 4)), self.priors[mask])
+        return encoded.ravel()
+
+    def match(self, boxes):
+        """Match every prior to at most one ground-truth box.
+
+        The original's rule, for all boxes at once: each box claims the priors
+        whose IoU with it exceeds ``overlap_threshold``, or its single best
+        prior if there is none; a prior claimed by several boxes goes to the one
+        of highest IoU, and a claim with IoU 0 is void.
+
+        Args:
+            boxes: ``(num_boxes, 4)``.
+
+        Returns:
+            ``(num_priors,)`` int array: the matched box, or -1.
+        """
+        iou = pairwise_iou(boxes[:, :4], self.priors[:, :4])
+        claimed = iou > self.overlap_threshold
+        unclaimed = ~claimed.any(axis=1)
+        claimed[unclaimed, iou[unclaimed].argmax(axis=1)] = True
+        iou = np.where(claimed, iou, 0.0)
+        best = iou.argmax(axis=0)
+        return np.where(iou[best, np.arange(len(best))] > 0, best, -1)
+
+    def assign_boxes(self, boxes):
+        """Build the training target for one image.
+
+        Args:
+            boxes: ``(num_boxes, 4 + num_classes - 1)``: normalised box and a
+                one-hot class row without the background.
+
+        Returns:
+            ``(num_priors, 4 + num_classes + 8)``: the encoded box, the one-hot
+            class (background for unmatched priors), and in column ``-8`` a 1
+            for matched priors; the last 7 columns are 0.
+        """
+        boxes = np.asarray(boxes, dtype=np.float64)
+        assignment = np.zeros((self.num_priors, 4 + self.num_classes + 8))
+        assignment[:, 4] = 1.0
+        if len(boxes) == 0:
+            return assignment
+        matched = self.match(boxes)
+        pos = np.flatnonzero(matched >= 0)
+        owner = matched[pos]
+        assignment[pos, :4] = encode_boxes(boxes[owner, :4], self.priors[pos])
+        assignment[pos, 4] = 0.0
+        assignment[pos, 5:-8] = boxes[owner, 4:]
+        assignment[pos, -8] = 1.0
+        return assignment
+
+    def decode_boxes(self, mbox_loc, mbox_priorbox, variances):
+        """Decode predicted offsets against priors; see :func:`decode_boxes`."""
+        return decode_boxes(np.asarray(mbox_loc), np.asarray(mbox_priorbox), np.asarray(variances))
+
+    def detection_out(self, predictions, background_label_id=0, keep_top_k=200,
+                      confidence_threshold=0.01):
+        """Decode a batch of predictions and apply per-class NMS.
+
+        Args:
+            predictions: ``(batch, num_priors, 4 + num_classes + 8)``, the
+                model's output.
+            background_label_id: the class to skip.
+            keep_top_k: detections kept per image after NMS.
+            confidence_threshold: a class score must exceed this to be
+                considered.
+
+        Returns:
+            a list with one ``(K, 6)`` array per image, rows
+            ``[label, confidence, xmin, ymin, xmax, ymax]`` by decreasing
+            confidence; ``(0, 6)`` when nothing is detected.
+        """
+        predictions = np.asarray(predictions)
+        boxes = decode_boxes(predictions[..., :4], predictions[..., -8:-4], predictions[..., -4:])
+        conf = predictions[..., 4:-8]
+        candidates = conf > confidence_threshold
+        if 0 <= background_label_id < conf.shape[-1]:
+            candidates[..., background_label_id] = False
+        image, prior, label = np.nonzero(candidates)
+        bounds = np.searchsorted(image, np.arange(len(conf) + 1))
+        results = []
+        for i in range(len(conf)):
+            sel = slice(bounds[i], bounds[i + 1])
+            p, c = prior[sel], label[sel]
+            scores = conf[i, p, c]
+            keep = batched_nms(boxes[i, p], scores, c, self.nms_thresh, self.top_k)
+            keep = keep[np.argsort(-scores[keep], kind="stable")[:keep_top_k]]
+            det = np.empty((len(keep), 6))
+            det[:, 0] = c[keep]
+            det[:, 1] = scores[keep]
+            det[:, 2:] = boxes[i, p[keep]]
+            results.append(det)
+        return results

@@ -1,0 +1,136 @@
+"""The SSD300 network (VGG16 base), layer for layer as in the originals.
+
+Layer names are those of rykov8/ssd_keras and wikke/SSD_Keras, so their
+Keras 2 HDF5 weight files load by layer name (see :mod:`ssd300.weights`).
+"""
+
+import keras
+from keras import layers
+
+from .ssd_layers import Normalize, PriorBox
+
+#: ``(source layer, min_size, max_size, aspect_ratios)`` of each prediction
+#: head, in the order their outputs are concatenated.
+HEADS = (
+    ("conv4_3_norm", 30.0, None, (2,)),
+    ("fc7", 60.0, 114.0, (2, 3)),
+    ("conv6_2", 114.0, 168.0, (2, 3)),
+    ("conv7_2", 168.0, 222.0, (2, 3)),
+    ("conv8_2", 222.0, 276.0, (2, 3)),
+    ("pool6", 276.0, 330.0, (2, 3)),
+)
+VARIANCES = (0.1, 0.1, 0.2, 0.2)
+
+
+def _conv(filters, kernel, name, **kwargs):
+    kwargs.setdefault("padding", "same")
+    kwargs.setdefault("activation", "relu")
+    return layers.Conv2D(filters, kernel, name=name, **kwargs)
+
+
+def _vgg16_base(x):
+    """VGG16 conv1_1 ... conv5_3 with the original's names; returns conv4_3, conv5_3."""
+    blocks = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+    conv4_3 = None
+    for b, (filters, n) in enumerate(blocks, start=1):
+        for i in range(1, n + 1):
+            x = _conv(filters, 3, f"conv{b}_{i}")(x)
+        if b == 4:
+            conv4_3 = x
+        if b < 5:
+            x = layers.MaxPooling2D(2, 2, padding="same", name=f"pool{b}")(x)
+    return conv4_3, x
+
+
+def _class_head_name(name, num_classes):
+    # The original renames the class heads for other class counts, so that
+    # by-name weight loading leaves them at their initial values.
+    return name if num_classes == 21 else f"{name}_{num_classes}"
+
+
+def SSD300v2(input_shape, num_classes=21):
+    """Build SSD300 as in wikke/SSD_Keras ``SSD300v2``.
+
+    Args:
+        input_shape: ``(height, width, 3)``; ``(300, 300, 3)`` reproduces the
+            originals. Other sizes build too, with the priors that follow
+            from the feature-map sizes.
+        num_classes: number of classes including the background (class 0).
+
+    Returns:
+        A ``keras.Model`` mapping images ``(batch, h, w, 3)`` (Caffe
+        preprocessing: BGR, ImageNet mean subtracted) to
+        ``(batch, num_priors, 4 + num_classes + 8)``: the encoded box offsets,
+        softmax class probabilities, and the prior boxes (normalised
+        ``xmin, ymin, xmax, ymax``) with their four variances. For 300x300
+        there are 7308 priors.
+
+    References:
+        Liu et al., "SSD: Single Shot MultiBox Detector", arXiv:1512.02325.
+    """
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 3 or input_shape[-1] != 3:
+        raise ValueError(
+            f"input_shape must be (height, width, 3), got {input_shape}.")
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}.")
+    img_size = (input_shape[1], input_shape[0])
+    inputs = keras.Input(shape=input_shape, name="input_1")
+
+    conv4_3, conv5_3 = _vgg16_base(inputs)
+    pool5 = layers.MaxPooling2D(3, 1, padding="same", name="pool5")(conv5_3)
+    fc6 = _conv(1024, 3, "fc6", dilation_rate=6)(pool5)
+    fc7 = _conv(1024, 1, "fc7")(fc6)
+    conv6_1 = _conv(256, 1, "conv6_1")(fc7)
+    conv6_2 = _conv(512, 3, "conv6_2", strides=2)(conv6_1)
+    conv7_1 = _conv(128, 1, "conv7_1")(conv6_2)
+    conv7_1z = layers.ZeroPadding2D(name="conv7_1z")(conv7_1)
+    conv7_2 = _conv(256, 3, "conv7_2", strides=2, padding="valid")(conv7_1z)
+    conv8_1 = _conv(128, 1, "conv8_1")(conv7_2)
+    conv8_2 = _conv(256, 3, "conv8_2", strides=2)(conv8_1)
+    pool6 = layers.GlobalAveragePooling2D(name="pool6")(conv8_2)
+    conv4_3_norm = Normalize(20, name="conv4_3_norm")(conv4_3)
+
+    sources = {"conv4_3_norm": conv4_3_norm, "fc7": fc7, "conv6_2": conv6_2,
+               "conv7_2": conv7_2, "conv8_2": conv8_2, "pool6": pool6}
+    locs, confs, priors = [], [], []
+    for source_name, min_size, max_size, ratios in HEADS:
+        source = sources[source_name]
+        prior_layer = PriorBox(img_size, min_size, max_size=max_size,
+                               aspect_ratios=list(ratios), variances=list(VARIANCES),
+                               name=f"{source_name}_mbox_priorbox", dtype="float32")
+        num_priors = len(prior_layer.aspect_ratios)
+        if source_name == "pool6":
+            # The global-pooled map is 1x1: dense heads, and a reshape so
+            # PriorBox sees a feature map.
+            locs.append(layers.Dense(num_priors * 4, name="pool6_mbox_loc_flat")(source))
+            confs.append(layers.Dense(
+                num_priors * num_classes,
+                name=_class_head_name("pool6_mbox_conf_flat", num_classes))(source))
+            source = layers.Reshape((1, 1, 256), name="pool6_reshaped")(source)
+        else:
+            loc = layers.Conv2D(num_priors * 4, 3, padding="same",
+                                name=f"{source_name}_mbox_loc")(source)
+            conf = layers.Conv2D(
+                num_priors * num_classes, 3, padding="same",
+                name=_class_head_name(f"{source_name}_mbox_conf", num_classes))(source)
+            locs.append(layers.Flatten(name=f"{source_name}_mbox_loc_flat")(loc))
+            confs.append(layers.Flatten(name=f"{source_name}_mbox_conf_flat")(conf))
+        priors.append(prior_layer(source))
+
+    mbox_loc = layers.Concatenate(axis=1, name="mbox_loc")(locs)
+    mbox_conf = layers.Concatenate(axis=1, name="mbox_conf")(confs)
+    mbox_priorbox = layers.Concatenate(axis=1, name="mbox_priorbox", dtype="float32")(priors)
+    num_boxes = mbox_loc.shape[-1] // 4
+    mbox_loc = layers.Reshape((num_boxes, 4), name="mbox_loc_final")(mbox_loc)
+    mbox_conf = layers.Reshape((num_boxes, num_classes), name="mbox_conf_logits")(mbox_conf)
+    # float32 from here on, so mixed precision keeps the softmax and the
+    # priors exact.
+    mbox_conf = layers.Activation("softmax", name="mbox_conf_final", dtype="float32")(mbox_conf)
+    predictions = layers.Concatenate(axis=2, name="predictions", dtype="float32")(
+        [mbox_loc, mbox_conf, mbox_priorbox])
+    return keras.Model(inputs=inputs, outputs=predictions, name="SSD300")
+
+
+#: The name rykov8/ssd_keras users import.
+SSD300 = SSD300v2

@@ -1,0 +1,176 @@
+"""Loading weights by layer name: Keras 2 HDF5 files of the originals,
+this library's own Keras 3 weight files, and ImageNet VGG16."""
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+class WeightFileError(ValueError):
+    """A weights file that is missing or not in a layout we can read."""
+
+
+@dataclass
+class WeightLoadReport:
+    """What :func:`load_weights_by_name` did.
+
+    Attributes:
+        loaded: layer names whose weights were set.
+        skipped: ``{layer name: reason}`` for layers present in both the file
+            and the model but not loaded (e.g. a shape mismatch).
+        missing: model layers with weights that the file does not have (for
+            another class count these include the class heads).
+        unused: layers in the file that the model does not have.
+    """
+
+    loaded: list = field(default_factory=list)
+    skipped: dict = field(default_factory=dict)
+    missing: list = field(default_factory=list)
+    unused: list = field(default_factory=list)
+
+    def __str__(self):
+        lines = [f"loaded {len(self.loaded)} layers"]
+        for name, why in self.skipped.items():
+            lines.append(f"  skipped {name}: {why}")
+        if self.missing:
+            lines.append(f"  left at their initial values (not in the file): {', '.join(self.missing)}")
+        if self.unused:
+            lines.append(f"  in the file but not in the model: {', '.join(self.unused)}")
+        return "\n".join(lines)
+
+
+def _decode(names):
+    return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
+
+
+def _keras2_layers(h5):
+    """``{layer name: [arrays]}`` from a Keras 2 HDF5 file (weights or whole model)."""
+    root = h5["model_weights"] if "model_weights" in h5 else h5
+    if "layer_names" not in root.attrs:
+        return None
+    layers = {}
+    for name in _decode(root.attrs["layer_names"]):
+        group = root[name]
+        weight_names = _decode(group.attrs.get("weight_names", []))
+        layers[name] = [np.asarray(group[w]) for w in weight_names]
+    return layers
+
+
+def _keras3_layers(h5):
+    """``{layer name: [arrays]}`` from a Keras 3 ``.weights.h5`` file."""
+    if "layers" not in h5:
+        return None
+    layers = {}
+    for name, group in h5["layers"].items():
+        if "vars" in group:
+            variables = group["vars"]
+            layers[name] = [np.asarray(variables[k]) for k in sorted(variables, key=int)]
+    return layers
+
+
+def read_weight_file(path):
+    """Read a weights file into ``{layer name: [arrays]}``.
+
+    Accepts Keras 2 HDF5 (``save_weights`` or a whole saved model) and
+    Keras 3 ``.weights.h5`` files.
+
+    Raises:
+        WeightFileError: the file is missing or not a readable weights file.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise WeightFileError(f"{path}: weights file not found")
+    try:
+        with h5py.File(path, "r") as h5:
+            layers = _keras2_layers(h5)
+            if layers is None:
+                layers = _keras3_layers(h5)
+    except OSError as e:
+        raise WeightFileError(f"{path}: not a readable HDF5 weights file ({e})") from None
+    if layers is None:
+        raise WeightFileError(
+            f"{path}: HDF5 file holds no Keras weights (no 'layer_names' attribute "
+            "and no 'layers' group)")
+    return layers
+
+
+def load_weights_by_name(model, path_or_layers, verbose=False):
+    """Set the model's weights from a file, matching layers by name.
+
+    Layers whose names the file lacks keep their values; that is how the
+    class heads of a model with another class count (named
+    ``*_mbox_conf_{num_classes}``) are left out. A layer whose weight shapes
+    differ from the file's is skipped and reported.
+
+    Args:
+        model: a Keras model.
+        path_or_layers: a weights file path, or ``{layer name: [arrays]}``.
+        verbose: print the report.
+
+    Returns:
+        :class:`WeightLoadReport`.
+    """
+    file_layers = (read_weight_file(path_or_layers)
+                   if isinstance(path_or_layers, (str, os.PathLike)) else path_or_layers)
+    report = WeightLoadReport()
+    model_names = set()
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        model_names.add(layer.name)
+        arrays = file_layers.get(layer.name)
+        if not arrays:
+            report.missing.append(layer.name)
+            continue
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(a.shape) for a in arrays]
+        if expected != got:
+            report.skipped[layer.name] = f"shapes differ: model {expected}, file {got}"
+            continue
+        layer.set_weights(arrays)
+        report.loaded.append(layer.name)
+    report.unused = [n for n, arrays in file_layers.items() if arrays and n not in model_names]
+    if verbose:
+        print(report)
+    return report
+
+
+def vgg16_layer_map():
+    """``{keras.applications VGG16 layer: SSD layer}``: ``block{b}_conv{i}`` to ``conv{b}_{i}``."""
+    counts = (2, 2, 3, 3, 3)
+    return {f"block{b}_conv{i}": f"conv{b}_{i}"
+            for b, n in enumerate(counts, start=1) for i in range(1, n + 1)}
+
+
+def load_vgg16_weights(model, weights="imagenet"):
+    """Initialise ``conv1_1`` ... ``conv5_3`` from ``keras.applications.VGG16``.
+
+    Args:
+        model: an SSD300 model.
+        weights: ``"imagenet"`` (downloaded by Keras on first use), a path to
+            VGG16 weights, or ``None`` (random; used by the tests).
+
+    Returns:
+        :class:`WeightLoadReport`.
+
+    Raises:
+        WeightFileError: the ImageNet weights cannot be downloaded.
+    """
+    import keras
+
+    try:
+        vgg = keras.applications.VGG16(include_top=False, weights=weights,
+                                       input_shape=(None, None, 3))
+    except Exception as e:  # download failures surface as many types
+        raise WeightFileError(
+            "could not get the ImageNet VGG16 weights from keras.applications "
+            f"({type(e).__name__}: {e}). Download them on a machine with internet access "
+            "(they are cached in ~/.keras/models) or pass --weights FILE.") from None
+    mapping = vgg16_layer_map()
+    arrays = {mapping[l.name]: l.get_weights() for l in vgg.layers if l.name in mapping}
+    report = load_weights_by_name(model, arrays)
+    report.missing = [n for n in report.missing if n in mapping.values()]
+    return report
