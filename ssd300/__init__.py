@@ -2,40 +2,21 @@
 
 The model, layers and loss use ``keras.ops`` and run on the TensorFlow, JAX
 and PyTorch backends; box utilities and the data pipeline are NumPy/Pillow.
-Names are loaded on first use, so the NumPy parts do not import Keras.
+Importing the package registers the custom layers, so saved ``.keras``
+models load with ``keras.saving.load_model`` after ``import ssd300``.
 """
-
-import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {
-    "SSD300": "ssd_v2",
-    "SSD300v2": "ssd_v2",
-    "Normalize": "ssd_layers",
-    "PriorBox": "ssd_layers",
-    "MultiboxLoss": "ssd_training",
-    "BBoxUtility": "ssd_utils",
-    "load_priors": "priors",
-    "save_priors": "priors",
-    "priors_from_model": "priors",
-    "PriorFileError": "priors",
-    "load_weights_by_name": "weights",
-    "load_vgg16_weights": "weights",
-    "WeightFileError": "weights",
-}
+from .priors import PriorFileError, load_priors, priors_from_model, save_priors
+from .ssd_layers import Normalize, PriorBox
+from .ssd_training import MultiboxLoss
+from .ssd_utils import BBoxUtility
+from .ssd_v2 import SSD300, SSD300v2
+from .weights import WeightFileError, load_vgg16_weights, load_weights_by_name
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ssd300' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__all__ = [
+    "BBoxUtility", "MultiboxLoss", "Normalize", "PriorBox", "PriorFileError", "SSD300",
+    "SSD300v2", "WeightFileError", "load_priors", "load_vgg16_weights",
+    "load_weights_by_name", "priors_from_model", "save_priors",
+]

@@ -98,6 +98,8 @@ def nms_matrix(boxes, scores, iou_threshold=0.45, max_output_size=400):
     order = np.argsort(-np.asarray(scores), kind="stable")
     boxes = boxes[order]
     n = len(order)
+    if n <= 1:
+        return order
     # suppresses[i, j]: i ranks above j and overlaps it too much.
     suppresses = np.triu(_nms_iou_matrix(boxes) > iou_threshold, k=1).astype(np.float32)
     keep = np.ones(n, dtype=np.float32)
@@ -110,15 +112,18 @@ def nms_matrix(boxes, scores, iou_threshold=0.45, max_output_size=400):
 
 
 def _nms_iou_matrix(boxes):
-    lo = np.minimum(boxes[:, :2], boxes[:, 2:4])
-    hi = np.maximum(boxes[:, :2], boxes[:, 2:4])
-    area = np.prod(hi - lo, axis=1)
-    wh = np.maximum(np.minimum(hi[:, None], hi[None]) - np.maximum(lo[:, None], lo[None]), 0.0)
-    inter = wh[..., 0] * wh[..., 1]
+    x1 = np.minimum(boxes[:, 0], boxes[:, 2])
+    y1 = np.minimum(boxes[:, 1], boxes[:, 3])
+    x2 = np.maximum(boxes[:, 0], boxes[:, 2])
+    y2 = np.maximum(boxes[:, 1], boxes[:, 3])
+    area = (x2 - x1) * (y2 - y1)
+    iw = np.minimum.outer(x2, x2) - np.maximum.outer(x1, x1)
+    ih = np.minimum.outer(y2, y2) - np.maximum.outer(y1, y1)
+    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (area[:, None] + area[None] - inter)
+        iou = inter / (np.add.outer(area, area) - inter)
     valid = area > 0
-    return np.where(valid[:, None] & valid[None], iou, 0.0)
+    return np.where(np.logical_and.outer(valid, valid), iou, 0.0)
 
 
 def batched_nms(boxes, scores, labels, iou_threshold=0.45, max_output_size=400):

@@ -26,11 +26,15 @@ class PriorFileError(ValueError):
     """A priors file that is missing, unsafe, or not an ``(N, 8)`` array."""
 
 
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
+        raise _Refused(
             f"refusing to load {module}.{name}: only a plain NumPy array is accepted")
 
 
@@ -73,7 +77,7 @@ def load_priors(path):
         raise PriorFileError(f"{path}: cannot read priors file ({e.strerror})") from None
     try:
         priors = _ArrayOnlyUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise PriorFileError(f"{path}: {e}") from None
     except Exception as e:  # truncated or garbage input raises many types
         raise PriorFileError(f"{path}: not a readable pickle ({type(e).__name__}: {e})") from None

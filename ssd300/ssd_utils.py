@@ -7,7 +7,7 @@ followed by its four variances.
 
 import numpy as np
 
-from .box_ops import batched_nms, pairwise_iou
+from .box_ops import batched_nms
 
 
 def encode_boxes(boxes, priors):
@@ -73,18 +73,44 @@ class BBoxUtility:
     def __init__(self, num_classes, priors=None, overlap_threshold=0.5,
                  nms_thresh=0.45, top_k=400):
         self.num_classes = num_classes
-        self.priors = None if priors is None else np.asarray(priors)
-        self.num_priors = 0 if priors is None else len(self.priors)
         self.overlap_threshold = overlap_threshold
         self.nms_thresh = nms_thresh
         self.top_k = top_k
+        self.priors = priors
+
+    @property
+    def priors(self):
+        return self._priors
+
+    @priors.setter
+    def priors(self, priors):
+        self._priors = None if priors is None else np.asarray(priors)
+        self.num_priors = 0 if priors is None else len(self._priors)
+        if priors is None:
+            return
+        # Per-prior columns for matching, computed once. Sizes are taken in
+        # the priors' own dtype first, as the original's arithmetic was.
+        p = self._priors
+        self._x1, self._y1, self._x2, self._y2 = (p[:, i].astype(np.float64) for i in range(4))
+        self._area = ((p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])).astype(np.float64)
 
     # nms_thresh and top_k are plain attributes: the original needed setters
     # only to rebuild its TensorFlow graph.
 
     def iou(self, box):
         """IoU of one box ``(4,)`` with every prior; returns ``(num_priors,)``."""
-        return pairwise_iou(np.asarray(box, dtype=np.float64)[None, :4], self.priors[:, :4])[0]
+        return self._iou_with_priors(np.asarray(box, dtype=np.float64)[None, :4])[0]
+
+    def _iou_with_priors(self, boxes):
+        """``(B, num_priors)`` IoU of ``(B, >=4)`` boxes with the priors."""
+        bx1, by1, bx2, by2 = (boxes[:, i:i + 1] for i in range(4))
+        iw = np.minimum(self._x2, bx2) - np.maximum(self._x1, bx1)
+        ih = np.minimum(self._y2, by2) - np.maximum(self._y1, by1)
+        np.maximum(iw, 0.0, out=iw)
+        np.maximum(ih, 0.0, out=ih)
+        inter = iw * ih
+        union = (bx2 - bx1) * (by2 - by1) + self._area - inter
+        return inter / union
 
     def encode_box(self, box, return_iou=True):
         """Encode one box for the priors it matches (the original's per-box step).
@@ -123,13 +149,17 @@ class BBoxUtility:
         Returns:
             ``(num_priors,)`` int array: the matched box, or -1.
         """
-        iou = pairwise_iou(boxes[:, :4], self.priors[:, :4])
+        iou = self._iou_with_priors(boxes)
         claimed = iou > self.overlap_threshold
         unclaimed = ~claimed.any(axis=1)
         claimed[unclaimed, iou[unclaimed].argmax(axis=1)] = True
         iou = np.where(claimed, iou, 0.0)
-        best = iou.argmax(axis=0)
-        return np.where(iou[best, np.arange(len(best))] > 0, best, -1)
+        best_iou = iou.max(axis=0)
+        # First box reaching the maximum (argmax's tie rule), with reductions
+        # along axis 0, which NumPy vectorises over the priors.
+        rank = np.arange(len(boxes), 0, -1, dtype=np.intp)[:, None]
+        best = len(boxes) - ((iou == best_iou) * rank).max(axis=0)
+        return np.where(best_iou > 0, best, -1)
 
     def assign_boxes(self, boxes):
         """Build the training target for one image.
@@ -179,23 +209,24 @@ class BBoxUtility:
             confidence; ``(0, 6)`` when nothing is detected.
         """
         predictions = np.asarray(predictions)
-        boxes = decode_boxes(predictions[..., :4], predictions[..., -8:-4], predictions[..., -4:])
         conf = predictions[..., 4:-8]
         candidates = conf > confidence_threshold
         if 0 <= background_label_id < conf.shape[-1]:
             candidates[..., background_label_id] = False
         image, prior, label = np.nonzero(candidates)
+        scores = conf[image, prior, label]
+        # Only the candidates' boxes are decoded.
+        pred = predictions[image, prior]
+        boxes = decode_boxes(pred[:, :4], pred[:, -8:-4], pred[:, -4:])
         bounds = np.searchsorted(image, np.arange(len(conf) + 1))
         results = []
         for i in range(len(conf)):
             sel = slice(bounds[i], bounds[i + 1])
-            p, c = prior[sel], label[sel]
-            scores = conf[i, p, c]
-            keep = batched_nms(boxes[i, p], scores, c, self.nms_thresh, self.top_k)
-            keep = keep[np.argsort(-scores[keep], kind="stable")[:keep_top_k]]
+            keep = batched_nms(boxes[sel], scores[sel], label[sel], self.nms_thresh, self.top_k)
+            keep = bounds[i] + keep[np.argsort(-scores[sel][keep], kind="stable")[:keep_top_k]]
             det = np.empty((len(keep), 6))
-            det[:, 0] = c[keep]
+            det[:, 0] = label[keep]
             det[:, 1] = scores[keep]
-            det[:, 2:] = boxes[i, p[keep]]
+            det[:, 2:] = boxes[keep]
             results.append(det)
         return results

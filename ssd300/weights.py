@@ -57,23 +57,13 @@ def _keras2_layers(h5):
     return layers
 
 
-def _keras3_layers(h5):
-    """``{layer name: [arrays]}`` from a Keras 3 ``.weights.h5`` file."""
-    if "layers" not in h5:
-        return None
-    layers = {}
-    for name, group in h5["layers"].items():
-        if "vars" in group:
-            variables = group["vars"]
-            layers[name] = [np.asarray(variables[k]) for k in sorted(variables, key=int)]
-    return layers
-
-
 def read_weight_file(path):
     """Read a weights file into ``{layer name: [arrays]}``.
 
-    Accepts Keras 2 HDF5 (``save_weights`` or a whole saved model) and
-    Keras 3 ``.weights.h5`` files.
+    Accepts the Keras 2 HDF5 layout (``save_weights`` or a whole saved
+    model), which is also what :func:`save_weights_by_name` writes. Keras 3
+    ``.weights.h5`` files name their groups by layer type, not layer name:
+    load those with ``model.load_weights``.
 
     Raises:
         WeightFileError: the file is missing or not a readable weights file.
@@ -86,10 +76,13 @@ def read_weight_file(path):
     try:
         with h5py.File(path, "r") as h5:
             layers = _keras2_layers(h5)
-            if layers is None:
-                layers = _keras3_layers(h5)
+            keras3 = "layers" in h5 and "vars" in h5
     except OSError as e:
         raise WeightFileError(f"{path}: not a readable HDF5 weights file ({e})") from None
+    if layers is None and keras3:
+        raise WeightFileError(
+            f"{path}: a Keras 3 .weights.h5 file, which does not record layer names; "
+            "load it with model.load_weights() into the same architecture")
     if layers is None:
         raise WeightFileError(
             f"{path}: HDF5 file holds no Keras weights (no 'layer_names' attribute "
@@ -136,6 +129,30 @@ def load_weights_by_name(model, path_or_layers, verbose=False):
     if verbose:
         print(report)
     return report
+
+
+def save_weights_by_name(model, path):
+    """Write the model's weights in the Keras 2 HDF5 layout, atomically.
+
+    Layers are keyed by name, so the file loads into any model that shares
+    layer names (:func:`load_weights_by_name`), as the originals' files do.
+    """
+    import h5py
+
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with h5py.File(tmp, "w") as f:
+        names = [layer.name for layer in model.layers]
+        f.attrs["layer_names"] = [n.encode("utf8") for n in names]
+        f.attrs["backend"] = b"keras3"
+        for layer in model.layers:
+            group = f.create_group(layer.name)
+            weight_names = [f"{layer.name}/{i}_{w.name}".encode("utf8")
+                            for i, w in enumerate(layer.weights)]
+            group.attrs["weight_names"] = weight_names
+            for wn, value in zip(weight_names, layer.get_weights()):
+                group.create_dataset(wn.decode("utf8"), data=value)
+    os.replace(tmp, path)
 
 
 def vgg16_layer_map():

@@ -1,0 +1,59 @@
+"""assign_boxes and detection_out against the one-box-at-a-time / per-class restatements.
+
+Run: .venv/bin/python bench/bench_box_utils.py
+Prints the time per call of each and the ratio; pinned to one core.
+"""
+
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+from ssd300.priors import load_priors  # noqa: E402
+from ssd300.ssd_utils import BBoxUtility  # noqa: E402
+from tests.conftest import random_boxes  # noqa: E402
+from tests.reference import assign_boxes_one_at_a_time, detection_out_per_class  # noqa: E402
+from tests.test_box_utils import fake_predictions  # noqa: E402
+
+
+def per_call(fn, repeat):
+    fn()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        best = min(best, (time.perf_counter() - t) / repeat)
+    return best
+
+
+def main():
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {0})
+    priors = load_priors(ROOT / "prior_boxes_ssd300.pkl")
+    util = BBoxUtility(21, priors)
+    rng = np.random.default_rng(0)
+    print("assign_boxes (7308 priors, 21 classes)")
+    for n in (1, 3, 5):
+        boxes = np.concatenate([random_boxes(rng, n, 0.05, 0.8), np.eye(20)[rng.integers(0, 20, n)]], 1)
+        new = per_call(lambda: util.assign_boxes(boxes), 200)
+        old = per_call(lambda: assign_boxes_one_at_a_time(boxes, priors, 21), 50)
+        print(f"  {n} boxes: {new * 1e3:7.3f} ms  restatement {old * 1e3:7.3f} ms  ratio {old / new:6.1f}x")
+
+    preds = fake_predictions(rng, priors, 8)
+    candidates = int((preds[..., 5:-8] > 0.01).sum()) / 8
+    new = per_call(lambda: util.detection_out(preds), 5)
+    old = per_call(lambda: detection_out_per_class(preds, 21), 1)
+    print(f"detection_out, batch of 8, {candidates:.0f} candidates per image above 0.01")
+    print(f"  {new * 1e3:7.2f} ms per batch ({new / 8 * 1e3:.2f} ms per image)  "
+          f"restatement {old * 1e3:7.1f} ms  ratio {old / new:6.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+"""BBoxUtility against one-box-at-a-time / per-class restatements of the original."""
+
+import numpy as np
+import pytest
+
+from ssd300.box_ops import batched_nms, nms, nms_matrix, pairwise_iou
+from ssd300.ssd_utils import BBoxUtility, encode_boxes
+from tests.conftest import random_boxes
+from tests.reference import (assign_boxes_one_at_a_time, detection_out_per_class,
+                             greedy_nms, iou_one)
+
+NUM_CLASSES = 21
+
+
+def with_classes(rng, boxes, num_classes=NUM_CLASSES):
+    onehot = np.eye(num_classes - 1)[rng.integers(0, num_classes - 1, len(boxes))]
+    return np.concatenate([boxes, onehot], axis=1)
+
+
+def test_iou_known_values():
+    a = np.array([[0.0, 0.0, 0.5, 0.5]])
+    b = np.array([[0.0, 0.0, 0.5, 0.5], [0.25, 0.0, 0.75, 0.5], [0.5, 0.5, 1.0, 1.0]])
+    np.testing.assert_allclose(pairwise_iou(a, b)[0], [1.0, 1 / 3, 0.0])
+    np.testing.assert_allclose(pairwise_iou(a, b, offset=1)[0, 1], (1.25 * 1.5) / (2 * 2.25 - 1.25 * 1.5))
+
+
+@pytest.mark.parametrize("case", ["none", "one_tiny", "many_overlapping", "random"])
+def test_assign_boxes_equals_one_box_at_a_time(priors, rng, case):
+    util = BBoxUtility(NUM_CLASSES, priors)
+    if case == "none":
+        boxes = np.zeros((0, 4 + NUM_CLASSES - 1))
+    elif case == "one_tiny":
+        boxes = with_classes(rng, np.array([[0.50, 0.50, 0.505, 0.503]]))
+    elif case == "many_overlapping":
+        base = np.array([0.3, 0.3, 0.6, 0.7])
+        jitter = rng.uniform(-0.03, 0.03, size=(12, 4))
+        boxes = with_classes(rng, np.clip(base + jitter, 0, 1))
+    else:
+        boxes = with_classes(rng, random_boxes(rng, 8, 0.01, 0.9))
+    expected = assign_boxes_one_at_a_time(boxes, priors, NUM_CLASSES)
+    got = util.assign_boxes(boxes)
+    assert got.shape == (7308, 4 + NUM_CLASSES + 8)
+    np.testing.assert_array_equal(got[:, 4:], expected[:, 4:])
+    np.testing.assert_allclose(got[:, :4], expected[:, :4], rtol=1e-12, atol=1e-12)
+    if case != "none":
+        assert got[:, -8].sum() >= 1
+
+
+def test_assign_boxes_many_random_sets(priors):
+    util = BBoxUtility(NUM_CLASSES, priors)
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        boxes = with_classes(rng, random_boxes(rng, rng.integers(1, 6), 0.005, 1.0))
+        expected = assign_boxes_one_at_a_time(boxes, priors, NUM_CLASSES)
+        np.testing.assert_allclose(util.assign_boxes(boxes), expected, atol=1e-12)
+
+
+def test_encode_box_matches_original(priors, rng):
+    util = BBoxUtility(NUM_CLASSES, priors)
+    from tests.reference import encode_box_one
+
+    for box in random_boxes(rng, 5):
+        np.testing.assert_allclose(util.encode_box(box), encode_box_one(box, priors).ravel(),
+                                   atol=1e-12)
+        assert util.encode_box(box, return_iou=False).shape == (7308 * 4,)
+        np.testing.assert_allclose(util.iou(box), iou_one(box, priors))
+
+
+def test_decode_inverts_encode(priors, rng):
+    util = BBoxUtility(NUM_CLASSES, priors)
+    boxes = random_boxes(rng, 50, 0.05, 0.5)
+    chosen = priors[rng.integers(0, len(priors), 50)].astype(np.float64)
+    encoded = encode_boxes(boxes, chosen)
+    decoded = util.decode_boxes(encoded, chosen[:, :4], chosen[:, 4:])
+    np.testing.assert_allclose(decoded, boxes, atol=1e-12)
+
+
+def test_decode_scales_y_by_prior_height():
+    prior = np.array([[0.4, 0.2, 0.6, 0.8]])  # width 0.2, height 0.6
+    var = np.array([[0.1, 0.1, 0.2, 0.2]])
+    loc = np.array([[0.0, 1.0, 0.0, 0.0]])  # dy = 1 * 0.6 * 0.1 = 0.06
+    out = BBoxUtility(2).decode_boxes(loc, prior, var)
+    np.testing.assert_allclose(out, [[0.4, 0.26, 0.6, 0.86]])
+
+
+def test_nms_equals_greedy_reference(rng):
+    for n in (1, 5, 60, 300):
+        boxes = random_boxes(rng, n, 0.05, 0.4)
+        scores = rng.uniform(0, 1, n)
+        scores[: n // 3] = np.round(scores[: n // 3], 1)  # ties
+        expected = greedy_nms(boxes, scores, 0.45, 400)
+        assert nms(boxes, scores, 0.45, 400).tolist() == expected
+        assert nms_matrix(boxes, scores, 0.45, 400).tolist() == expected
+        assert nms(boxes, scores, 0.45, 3).tolist() == expected[:3]
+
+
+def test_nms_matches_tensorflow(rng):
+    tf = pytest.importorskip("tensorflow")
+    boxes = random_boxes(rng, 200, 0.05, 0.4).astype(np.float32)
+    scores = rng.uniform(0, 1, 200).astype(np.float32)
+    for thr in (0.3, 0.45, 0.7):
+        expected = tf.image.non_max_suppression(boxes, scores, 400, iou_threshold=thr).numpy()
+        np.testing.assert_array_equal(nms(boxes, scores, thr, 400), expected)
+    # An exact-threshold overlap is kept by TensorFlow too (strictly greater suppresses).
+    two = np.array([[0, 0, 1, 1], [0, 0, 1, 0.5]], np.float32)
+    s = np.array([0.9, 0.8], np.float32)
+    expected = tf.image.non_max_suppression(two, s, 10, iou_threshold=0.5).numpy()
+    np.testing.assert_array_equal(nms(two, s, 0.5, 10), expected)
+
+
+def test_batched_nms_keeps_classes_apart():
+    boxes = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1.0]])
+    keep = batched_nms(boxes, np.array([0.9, 0.8, 0.7]), np.array([1, 2, 1]), 0.45, 10)
+    assert sorted(keep.tolist()) == [0, 1]
+
+
+def fake_predictions(rng, priors, batch, num_classes=NUM_CLASSES, objects=4):
+    """Predictions shaped like a trained model's: mostly background, a few clusters."""
+    n = len(priors)
+    logits = rng.normal(0, 1, (batch, n, num_classes))
+    logits[..., 0] += 9.5
+    for b in range(batch):
+        for _ in range(objects):
+            centre = rng.uniform(0.2, 0.8, 2)
+            cx = 0.5 * (priors[:, 0] + priors[:, 2])
+            cy = 0.5 * (priors[:, 1] + priors[:, 3])
+            near = np.flatnonzero(np.hypot(cx - centre[0], cy - centre[1]) < 0.08)
+            logits[b, near, rng.integers(1, num_classes)] += rng.uniform(6, 11, len(near))
+    conf = np.exp(logits - logits.max(-1, keepdims=True))
+    conf /= conf.sum(-1, keepdims=True)
+    loc = rng.normal(0, 0.5, (batch, n, 4))
+    return np.concatenate([loc, conf, np.broadcast_to(priors, (batch, n, 8))], axis=-1)
+
+
+def test_detection_out_equals_per_class_loop(priors, rng):
+    util = BBoxUtility(NUM_CLASSES, priors)
+    preds = fake_predictions(rng, priors, 3)
+    got = util.detection_out(preds)
+    expected = detection_out_per_class(preds, NUM_CLASSES)
+    assert len(got) == 3
+    for g, e in zip(got, expected):
+        assert len(g) > 0
+        assert g.shape == e.shape
+        np.testing.assert_allclose(g, e, atol=1e-12)
+        assert np.all(np.diff(g[:, 1]) <= 0)
+
+
+def test_detection_out_limits_and_empty(priors, rng):
+    util = BBoxUtility(NUM_CLASSES, priors, top_k=2)
+    preds = fake_predictions(rng, priors, 2)
+    res = util.detection_out(preds, keep_top_k=5)
+    expected = detection_out_per_class(preds, NUM_CLASSES, top_k=2, keep_top_k=5)
+    for g, e in zip(res, expected):
+        np.testing.assert_allclose(g, e, atol=1e-12)
+        assert len(g) <= 5
+        for c in np.unique(g[:, 0]):
+            assert (g[:, 0] == c).sum() <= 2
+    empty = util.detection_out(preds, confidence_threshold=1.0)
+    assert [e.shape for e in empty] == [(0, 6), (0, 6)]
+    util.nms_thresh = 0.9
+    util.top_k = 400
+    assert util.nms_thresh == 0.9 and util.top_k == 400

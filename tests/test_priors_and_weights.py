@@ -1,0 +1,171 @@
+"""Safe prior loading, and by-name loading of Keras 2 HDF5 weights."""
+
+import os
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from ssd300.priors import PriorFileError, load_priors, save_priors
+from tests.conftest import ROOT, shared_path
+
+
+def test_original_priors_file_loads():
+    priors = load_priors(shared_path("reference", "prior_boxes_ssd300_original.pkl"))
+    assert priors.shape == (7308, 8) and priors.dtype == np.float32
+    np.testing.assert_allclose(priors[:, 4:], np.tile([0.1, 0.1, 0.2, 0.2], (7308, 1)), rtol=1e-6)
+
+
+def test_top_level_file_loads_with_plain_pickle():
+    with open(ROOT / "prior_boxes_ssd300.pkl", "rb") as f:
+        priors = pickle.load(f)
+    assert priors.shape == (7308, 8)
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned_by_pickle",))
+
+
+def test_malicious_pickle_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.pkl"
+    path.write_bytes(pickle.dumps(_Exploit()))
+    with pytest.raises(PriorFileError, match="evil.pkl.*refusing to load"):
+        load_priors(path)
+    assert not (tmp_path / "pwned_by_pickle").exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (pickle.dumps(np.zeros((10, 4))), r"shape \(N, 8\)"),
+    (pickle.dumps([1, 2, 3]), "NumPy array"),
+    (pickle.dumps(np.array(["a"] * 8).reshape(1, 8)), "numeric"),
+    (pickle.dumps(np.full((2, 8), np.nan)), "NaN"),
+    (b"not a pickle at all", "not a readable pickle"),
+    (pickle.dumps(np.zeros((5, 8)))[:20], "not a readable pickle"),
+])
+def test_bad_prior_files_name_file_and_problem(tmp_path, content, message):
+    path = tmp_path / "priors.pkl"
+    path.write_bytes(content)
+    with pytest.raises(PriorFileError, match=message) as info:
+        load_priors(path)
+    assert "priors.pkl" in str(info.value)
+
+
+def test_missing_prior_file(tmp_path):
+    with pytest.raises(PriorFileError, match="nope.pkl.*cannot read"):
+        load_priors(tmp_path / "nope.pkl")
+
+
+def test_save_priors_round_trip(tmp_path):
+    data = np.random.default_rng(0).uniform(size=(20, 8)).astype(np.float32)
+    save_priors(data, tmp_path / "p.pkl")
+    np.testing.assert_array_equal(load_priors(tmp_path / "p.pkl"), data)
+    assert os.listdir(tmp_path) == ["p.pkl"]
+
+
+def write_keras2_weights(path, layers, full_model=False):
+    """An HDF5 file in the Keras 2 layout: layer_names, weight_names, name:0 datasets."""
+    with h5py.File(path, "w") as f:
+        root = f.create_group("model_weights") if full_model else f
+        root.attrs["layer_names"] = [n.encode() for n in layers]
+        root.attrs["backend"] = b"tensorflow"
+        root.attrs["keras_version"] = b"2.0.6"
+        for name, arrays in layers.items():
+            g = root.create_group(name)
+            weight_names = [f"{name}/param_{i}:0".encode() for i in range(len(arrays))]
+            g.attrs["weight_names"] = weight_names
+            for wn, a in zip(weight_names, arrays):
+                g.create_dataset(wn.decode(), data=a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("full_model", [False, True])
+def test_keras2_weights_load_by_name(tmp_path, full_model):
+    from ssd300.ssd_v2 import SSD300v2
+    from ssd300.weights import load_weights_by_name
+
+    source = SSD300v2((300, 300, 3), num_classes=21)
+    rng = np.random.default_rng(0)
+    layers = {}
+    for layer in source.layers:
+        layers[layer.name] = [rng.normal(0, 0.01, w.shape).astype("float32") for w in layer.weights]
+    layers["some_old_layer"] = [np.zeros(3, "float32")]
+    path = tmp_path / "weights_SSD300.hdf5"
+    write_keras2_weights(path, layers, full_model)
+
+    target = SSD300v2((300, 300, 3), num_classes=21)
+    report = load_weights_by_name(target, str(path))
+    assert not report.missing and not report.skipped
+    assert report.unused == ["some_old_layer"]
+    for name in ("conv1_1", "conv4_3_norm", "fc6", "pool6_mbox_conf_flat", "conv8_2_mbox_loc"):
+        for got, want in zip(target.get_layer(name).get_weights(), layers[name]):
+            np.testing.assert_array_equal(got, want)
+
+    other = SSD300v2((300, 300, 3), num_classes=4)
+    before = other.get_layer("fc7_mbox_conf_4").get_weights()[0].copy()
+    report = load_weights_by_name(other, str(path))
+    assert "fc7_mbox_conf_4" in report.missing and "pool6_mbox_conf_flat_4" in report.missing
+    assert "fc7_mbox_loc" in report.loaded
+    np.testing.assert_array_equal(other.get_layer("fc7_mbox_conf_4").get_weights()[0], before)
+    assert "left at their initial values" in str(report)
+
+
+def test_shape_mismatch_is_skipped_and_reported(tmp_path):
+    import keras
+
+    from ssd300.weights import load_weights_by_name
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense_a"),
+                              keras.layers.Dense(2, name="dense_b")])
+    path = tmp_path / "w.h5"
+    write_keras2_weights(path, {"dense_a": [np.ones((4, 3), "float32"), np.ones(3, "float32")],
+                                "dense_b": [np.ones((5, 2), "float32"), np.ones(2, "float32")]})
+    report = load_weights_by_name(model, str(path))
+    assert report.loaded == ["dense_a"]
+    assert "shapes differ" in report.skipped["dense_b"]
+    np.testing.assert_array_equal(model.get_layer("dense_a").get_weights()[0], np.ones((4, 3)))
+
+
+def test_bad_weight_files(tmp_path):
+    from ssd300.weights import WeightFileError, read_weight_file
+
+    with pytest.raises(WeightFileError, match="missing.h5: weights file not found"):
+        read_weight_file(tmp_path / "missing.h5")
+    (tmp_path / "junk.h5").write_bytes(b"junk")
+    with pytest.raises(WeightFileError, match="junk.h5: not a readable HDF5"):
+        read_weight_file(tmp_path / "junk.h5")
+    with h5py.File(tmp_path / "empty.h5", "w") as f:
+        f.create_group("something")
+    with pytest.raises(WeightFileError, match="empty.h5: HDF5 file holds no Keras weights"):
+        read_weight_file(tmp_path / "empty.h5")
+
+
+def test_own_weights_round_trip_by_name(tmp_path):
+    import keras
+
+    from ssd300.weights import WeightFileError, load_weights_by_name, save_weights_by_name
+
+    def build(units=3):
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(units, name="dense_a"),
+                                 keras.layers.Dense(2, name="dense_b")])
+
+    a = build()
+    save_weights_by_name(a, tmp_path / "own.h5")
+    b = build(units=3)
+    report = load_weights_by_name(b, str(tmp_path / "own.h5"))
+    assert report.loaded == ["dense_a", "dense_b"]
+    for x, y in zip(a.get_weights(), b.get_weights()):
+        np.testing.assert_array_equal(x, y)
+    assert sorted(os.listdir(tmp_path)) == ["own.h5"]
+    a.save_weights(tmp_path / "k3.weights.h5")
+    with pytest.raises(WeightFileError, match="Keras 3 .weights.h5"):
+        load_weights_by_name(b, str(tmp_path / "k3.weights.h5"))
+
+
+def test_vgg16_layer_map():
+    from ssd300.weights import vgg16_layer_map
+
+    m = vgg16_layer_map()
+    assert len(m) == 13 and m["block1_conv1"] == "conv1_1" and m["block5_conv3"] == "conv5_3"
