@@ -25,6 +25,18 @@ def _cmd_priors(args):
     return 0
 
 
+def _cmd_synth(args):
+    from .synth import make_synthetic_voc
+
+    try:
+        out = make_synthetic_voc(args.out, images=args.images, seed=args.seed, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.images} images to {out}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m ssd300", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +50,13 @@ def build_parser():
     p.add_argument("out", nargs="?", default="prior_boxes_ssd300.pkl")
     p.add_argument("--size", type=int, default=300)
     p.set_defaults(func=_cmd_priors)
+
+    p = sub.add_parser("synth", help="write a synthetic VOC-format dataset of shapes")
+    p.add_argument("out", help="dataset folder to create")
+    p.add_argument("--images", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    p.set_defaults(func=_cmd_synth)
     return parser
 
 

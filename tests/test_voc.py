@@ -1,0 +1,126 @@
+"""VOC annotation parsing: real VOC2007 files, generated XML, and every bad case."""
+
+import warnings
+
+import numpy as np
+import pytest
+
+from ssd300.voc import (VOC_CLASSES, AnnotationError, XML_preprocessor, parse_annotation,
+                        random_split, read_split)
+from tests.conftest import shared_path
+
+OBJ = ("<object><name>{name}</name><difficult>{difficult}</difficult><bndbox>"
+       "<xmin>{x0}</xmin><ymin>{y0}</ymin><xmax>{x1}</xmax><ymax>{y1}</ymax></bndbox></object>")
+
+
+def xml(objects="", width=200, height=100, filename="img.jpg", size=True):
+    size_xml = f"<size><width>{width}</width><height>{height}</height><depth>3</depth></size>" if size else ""
+    return f"<annotation><filename>{filename}</filename>{size_xml}{objects}</annotation>"
+
+
+def obj(name="dog", x0=10, y0=20, x1=110, y1=70, difficult=0):
+    return OBJ.format(name=name, x0=x0, y0=y0, x1=x1, y1=y1, difficult=difficult)
+
+
+def write(folder, name, text):
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(text)
+    return folder / name
+
+
+def test_real_voc2007_sample():
+    root = shared_path("voc2007_sample", "VOC2007")
+    prep = XML_preprocessor(str(root / "Annotations") + "/")
+    assert len(prep.data) == 13
+    rows = prep.data["000001.jpg"]
+    # 000001.xml: 353x500, dog (48, 240, 195, 371), person (8, 12, 352, 498).
+    np.testing.assert_allclose(rows[:, :4], [[48 / 353, 240 / 500, 195 / 353, 371 / 500],
+                                             [8 / 353, 12 / 500, 352 / 353, 498 / 500]])
+    assert rows.shape == (2, 24)
+    assert rows[0, 4 + VOC_CLASSES.index("dog")] == 1 and rows[1, 4 + VOC_CLASSES.index("person")] == 1
+    assert sum(len(v) for v in prep.data.values()) == 59
+    assert sum(int(v.sum()) for v in prep.difficult.values()) == 9
+    no_difficult = XML_preprocessor(root / "Annotations", skip_difficult=True)
+    assert sum(len(v) for v in no_difficult.data.values()) == 50
+    ids = read_split(root, "test")
+    assert len(ids) == 13 and ids[0] == "000001"
+
+
+def test_generated_xml_and_conventions(tmp_path):
+    ann = tmp_path / "Annotations"
+    write(ann, "a.xml", xml(obj("dog") + obj("cat", 0, 0, 200, 100, difficult=1), filename="a.jpg"))
+    write(ann, "empty.xml", xml(filename="empty.jpg"))
+    write(ann, "notes.txt", "ignored")
+    prep = XML_preprocessor(ann)  # no trailing slash
+    np.testing.assert_allclose(prep.data["a.jpg"][:, :4], [[0.05, 0.2, 0.55, 0.7], [0, 0, 1, 1]])
+    assert prep.difficult["a.jpg"].tolist() == [False, True]
+    assert prep.data["empty.jpg"].shape == (0, 24)
+    custom = XML_preprocessor(str(ann) + "/", classes=("cat", "dog"))
+    assert custom.data["a.jpg"].shape == (2, 6)
+    np.testing.assert_array_equal(custom.data["a.jpg"][:, 4:], [[0, 1], [1, 0]])
+    (tmp_path / "classes.txt").write_text("cat\ndog\n")
+    assert XML_preprocessor(ann).classes == ("cat", "dog")
+
+
+@pytest.mark.parametrize("text, message", [
+    (xml(obj("unicorn")), "unknown class 'unicorn'"),
+    (xml(obj(), size=False), "missing <size>"),
+    (xml(obj(), width=0), "size must be positive"),
+    (xml("<object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax></bndbox></object>"),
+     "missing <ymax>"),
+    (xml("<object><name>dog</name></object>"), "missing <bndbox>"),
+    (xml(obj(x0=50, x1=50)), "empty box"),
+    (xml(obj(y0=60, y1=20)), "empty box"),
+    (xml(obj(x1=250)), "outside"),
+    (xml(obj(x0=-3)), "outside"),
+    (xml(obj(x0="abc")), "not a number"),
+    ("<annotation><size>", "not well-formed"),
+])
+def test_bad_annotations_raise_with_file_and_problem(tmp_path, text, message):
+    path = write(tmp_path, "bad.xml", text)
+    with pytest.raises(AnnotationError, match=message) as info:
+        parse_annotation(path)
+    assert "bad.xml" in str(info.value)
+
+
+def test_bad_objects_can_be_skipped_with_warning(tmp_path):
+    path = write(tmp_path / "Annotations", "b.xml", xml(obj("unicorn") + obj("dog") + obj(x1=500)))
+    with pytest.warns(UserWarning, match="unknown class 'unicorn'.*object skipped"):
+        ann = parse_annotation(path, on_error="warn")
+    assert ann.labels.tolist() == [VOC_CLASSES.index("dog") + 1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert XML_preprocessor(tmp_path / "Annotations", on_error="warn").data["img.jpg"].shape == (1, 24)
+    with pytest.raises(AnnotationError):
+        XML_preprocessor(tmp_path / "Annotations")
+
+
+BILLION_LAUGHS = """<?xml version="1.0"?>
+<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">
+<!ENTITY lol3 "&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;&lol2;">]>
+<annotation><filename>&lol3;</filename><size><width>1</width><height>1</height></size></annotation>"""
+
+EXTERNAL = """<?xml version="1.0"?>
+<!DOCTYPE a [<!ENTITY xxe SYSTEM "file:///etc/passwd">]>
+<annotation><filename>&xxe;</filename><size><width>1</width><height>1</height></size></annotation>"""
+
+
+@pytest.mark.parametrize("text", [BILLION_LAUGHS, EXTERNAL])
+def test_malicious_xml_is_refused(tmp_path, text):
+    path = write(tmp_path, "evil.xml", text)
+    with pytest.raises(AnnotationError, match="evil.xml: refused unsafe XML"):
+        parse_annotation(path)
+
+
+def test_missing_folder_and_split(tmp_path):
+    with pytest.raises(AnnotationError, match="annotation folder not found"):
+        XML_preprocessor(tmp_path / "nope")
+    with pytest.raises(AnnotationError, match="trainval.txt: split list not found"):
+        read_split(tmp_path, "trainval")
+
+
+def test_random_split_is_seeded_and_complete():
+    keys = [f"{i}.jpg" for i in range(10)]
+    train, val = random_split(keys, 0.7, seed=1)
+    assert len(train) == 7 and len(val) == 3 and sorted(train + val) == sorted(keys)
+    assert random_split(keys, 0.7, seed=1) == (train, val)
