@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml requirements.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m ssd300 info
+	$(BIN)/python ssd_training.py --demo
 
 info: $(STAMP)
 	$(BIN)/python -m ssd300 info

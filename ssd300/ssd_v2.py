@@ -22,19 +22,19 @@ HEADS = (
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
 
 
-def _conv(filters, kernel, name, **kwargs):
+def _conv(filters, kernel, name, initializer, **kwargs):
     kwargs.setdefault("padding", "same")
     kwargs.setdefault("activation", "relu")
-    return layers.Conv2D(filters, kernel, name=name, **kwargs)
+    return layers.Conv2D(filters, kernel, name=name, kernel_initializer=initializer, **kwargs)
 
 
-def _vgg16_base(x):
+def _vgg16_base(x, initializer):
     """VGG16 conv1_1 ... conv5_3 with the original's names; returns conv4_3, conv5_3."""
     blocks = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
     conv4_3 = None
     for b, (filters, n) in enumerate(blocks, start=1):
         for i in range(1, n + 1):
-            x = _conv(filters, 3, f"conv{b}_{i}")(x)
+            x = _conv(filters, 3, f"conv{b}_{i}", initializer)(x)
         if b == 4:
             conv4_3 = x
         if b < 5:
@@ -48,7 +48,7 @@ def _class_head_name(name, num_classes):
     return name if num_classes == 21 else f"{name}_{num_classes}"
 
 
-def SSD300v2(input_shape, num_classes=21):
+def SSD300v2(input_shape, num_classes=21, kernel_initializer="he_normal"):
     """Build SSD300 as in wikke/SSD_Keras ``SSD300v2``.
 
     Args:
@@ -56,6 +56,10 @@ def SSD300v2(input_shape, num_classes=21):
             originals. Other sizes build too, with the priors that follow
             from the feature-map sizes.
         num_classes: number of classes including the background (class 0).
+        kernel_initializer: of the ReLU convolutions. He initialisation keeps
+            the activations' scale through the 20 ReLU layers, so training
+            from scratch starts well; the original used Keras's default
+            Glorot (``"glorot_uniform"``). Loaded weights replace it anyway.
 
     Returns:
         A ``keras.Model`` mapping images ``(batch, h, w, 3)`` (Caffe
@@ -77,17 +81,18 @@ def SSD300v2(input_shape, num_classes=21):
     img_size = (input_shape[1], input_shape[0])
     inputs = keras.Input(shape=input_shape, name="input_1")
 
-    conv4_3, conv5_3 = _vgg16_base(inputs)
+    init = kernel_initializer
+    conv4_3, conv5_3 = _vgg16_base(inputs, init)
     pool5 = layers.MaxPooling2D(3, 1, padding="same", name="pool5")(conv5_3)
-    fc6 = _conv(1024, 3, "fc6", dilation_rate=6)(pool5)
-    fc7 = _conv(1024, 1, "fc7")(fc6)
-    conv6_1 = _conv(256, 1, "conv6_1")(fc7)
-    conv6_2 = _conv(512, 3, "conv6_2", strides=2)(conv6_1)
-    conv7_1 = _conv(128, 1, "conv7_1")(conv6_2)
+    fc6 = _conv(1024, 3, "fc6", init, dilation_rate=6)(pool5)
+    fc7 = _conv(1024, 1, "fc7", init)(fc6)
+    conv6_1 = _conv(256, 1, "conv6_1", init)(fc7)
+    conv6_2 = _conv(512, 3, "conv6_2", init, strides=2)(conv6_1)
+    conv7_1 = _conv(128, 1, "conv7_1", init)(conv6_2)
     conv7_1z = layers.ZeroPadding2D(name="conv7_1z")(conv7_1)
-    conv7_2 = _conv(256, 3, "conv7_2", strides=2, padding="valid")(conv7_1z)
-    conv8_1 = _conv(128, 1, "conv8_1")(conv7_2)
-    conv8_2 = _conv(256, 3, "conv8_2", strides=2)(conv8_1)
+    conv7_2 = _conv(256, 3, "conv7_2", init, strides=2, padding="valid")(conv7_1z)
+    conv8_1 = _conv(128, 1, "conv8_1", init)(conv7_2)
+    conv8_2 = _conv(256, 3, "conv8_2", init, strides=2)(conv8_1)
     pool6 = layers.GlobalAveragePooling2D(name="pool6")(conv8_2)
     conv4_3_norm = Normalize(20, name="conv4_3_norm")(conv4_3)
 

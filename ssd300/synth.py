@@ -14,6 +14,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
+#: Colours of the "simple" style, one per class (RGB).
+SIMPLE_COLOURS = {"circle": (220, 40, 40), "square": (40, 180, 60), "triangle": (40, 80, 220),
+                  "cross": (230, 200, 30)}
 
 _XML = """<annotation>
 \t<folder>{folder}</folder>
@@ -44,14 +47,14 @@ _OBJECT = """\t<object>
 """
 
 
-def _background(rng, width, height):
-    base = rng.uniform(40, 215, 3)
-    gradient = rng.uniform(-60, 60, 3)
+def _background(rng, width, height, simple=False):
+    base = rng.uniform(40, 215, 3) if not simple else np.full(3, rng.uniform(90, 170))
+    gradient = rng.uniform(-60, 60, 3) if not simple else np.full(3, rng.uniform(-30, 30))
     t = np.linspace(0, 1, width)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, height)[:, None, None]
     img = base + gradient * t + rng.normal(0, 12, (height, width, 3))
     img = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(img)
-    for _ in range(rng.integers(0, 6)):  # clutter that is not an object
+    for _ in range(rng.integers(0, 6 if not simple else 2)):  # clutter that is not an object
         xy = rng.uniform(0, 1, 4) * [width, height, width, height]
         draw.line(tuple(xy), fill=tuple(int(v) for v in rng.uniform(0, 255, 3)), width=int(rng.integers(1, 4)))
     return img
@@ -78,8 +81,12 @@ def _shape_mask(kind, width, height, box, rng):
     return mask
 
 
-def synthetic_image(rng, classes=SHAPE_CLASSES, size_range=(300, 500), max_objects=4):
+def synthetic_image(rng, classes=SHAPE_CLASSES, size_range=(300, 500), max_objects=4, style="varied"):
     """One picture and its objects.
+
+    ``style="varied"``: any colours on coloured, textured backgrounds, so the
+    class is in the shape alone. ``"simple"``: one colour per class on gray
+    backgrounds, larger shapes, at most 3; quick to learn (the demo's).
 
     Returns:
         ``(image, objects, colours)``: a ``PIL.Image``, a list of
@@ -87,12 +94,15 @@ def synthetic_image(rng, classes=SHAPE_CLASSES, size_range=(300, 500), max_objec
         (1-based, inclusive), the exact extent of each drawn shape, and the
         RGB colour of each shape.
     """
+    if style not in ("varied", "simple"):
+        raise ValueError(f"style must be 'varied' or 'simple', got {style!r}")
+    simple = style == "simple"
     width, height = (int(v) for v in rng.integers(size_range[0], size_range[1] + 1, 2))
-    img = _background(rng, width, height)
+    img = _background(rng, width, height, simple)
     placed, objects, colours = [], [], []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
+    for _ in range(int(rng.integers(1, (min(max_objects, 3) if simple else max_objects) + 1))):
         for _attempt in range(20):
-            side = rng.uniform(0.18, 0.55) * min(width, height)
+            side = rng.uniform(0.25, 0.6 if simple else 0.55) * min(width, height)
             aspect = rng.uniform(0.7, 1.4)
             w, h = side * np.sqrt(aspect), side / np.sqrt(aspect)
             x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
@@ -106,7 +116,10 @@ def synthetic_image(rng, classes=SHAPE_CLASSES, size_range=(300, 500), max_objec
         extent = mask.getbbox()
         if extent is None:
             continue
-        colour = tuple(int(v) for v in rng.uniform(0, 255, 3))
+        if simple:
+            colour = tuple(int(v) for v in np.clip(np.array(SIMPLE_COLOURS[kind]) + rng.integers(-20, 21, 3), 0, 255))
+        else:
+            colour = tuple(int(v) for v in rng.uniform(0, 255, 3))
         img.paste(Image.new("RGB", (width, height), colour), (0, 0), mask)
         placed.append(box)
         left, upper, right, lower = extent
@@ -123,7 +136,7 @@ def _overlap(a, b):
 
 
 def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_range=(300, 500),
-                       test_fraction=0.2, overwrite=False):
+                       test_fraction=0.2, overwrite=False, style="varied"):
     """Write a synthetic VOC-format dataset.
 
     The folder is written in full beside ``out_dir`` and then moved into
@@ -136,6 +149,7 @@ def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_
         classes: shape classes to draw, a subset of ``SHAPE_CLASSES``.
         size_range: smallest and largest picture side in pixels.
         test_fraction: share of the pictures listed in ``test.txt``.
+        style: ``"varied"`` or ``"simple"``, see :func:`synthetic_image`.
         overwrite: replace an existing ``out_dir``.
 
     Returns:
@@ -159,7 +173,7 @@ def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_
         ids = [f"{i:06d}" for i in range(1, images + 1)]
         for i, image_id in enumerate(ids):
             rng = np.random.default_rng([seed, i])
-            img, objects, _ = synthetic_image(rng, classes, size_range)
+            img, objects, _ = synthetic_image(rng, classes, size_range, style=style)
             img.save(os.path.join(work, "JPEGImages", f"{image_id}.jpg"), quality=92)
             xml = _XML.format(
                 folder="synthetic", filename=f"{image_id}.jpg", width=img.width,

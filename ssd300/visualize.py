@@ -1,0 +1,79 @@
+"""Drawing detections on pictures (Pillow), and loss curves (matplotlib)."""
+
+import colorsys
+import os
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+
+def class_colour(label, num_classes=21):
+    """A distinct RGB colour per class label."""
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 1.0)
+    return int(255 * r), int(255 * g), int(255 * b)
+
+
+def draw_detections(image, detections, classes, min_score=0.0):
+    """Draw boxes, class names and scores on a copy of an image.
+
+    Args:
+        image: ``PIL.Image`` or ``(H, W, 3)`` uint8 array.
+        detections: ``(K, 6)`` ``[label, score, xmin, ymin, xmax, ymax]`` in
+            pixels of this image.
+        classes: class names; label ``i`` is ``classes[i - 1]``.
+        min_score: leave out detections scored below this.
+
+    Returns:
+        an RGB ``PIL.Image``.
+    """
+    img = (Image.fromarray(np.asarray(image, dtype=np.uint8)) if not isinstance(image, Image.Image)
+           else image).convert("RGB")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.load_default()
+    width = max(2, round(min(img.size) / 200))
+    for label, score, x0, y0, x1, y1 in np.asarray(detections, dtype=np.float64).reshape(-1, 6):
+        if score < min_score:
+            continue
+        label = int(label)
+        colour = class_colour(label)
+        name = classes[label - 1] if 0 < label <= len(classes) else str(label)
+        draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
+        text = f"{name} {score:.2f}"
+        left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
+        ty = y0 - (bottom - top) - 4 if y0 - (bottom - top) - 4 >= 0 else y0
+        draw.rectangle((x0, ty, x0 + (right - left) + 4, ty + (bottom - top) + 4), fill=colour)
+        draw.text((x0 + 2, ty + 1), text, fill=(0, 0, 0), font=font)
+    return img
+
+
+def save_atomic(image, path):
+    """Save a ``PIL.Image`` by writing a temporary file and renaming it."""
+    root, ext = os.path.splitext(os.fspath(path))
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    image.save(tmp)
+    os.replace(tmp, path)
+
+
+def plot_history(history, path, title="SSD300 training"):
+    """Plot the loss curves of a ``{name: [values per epoch]}`` history to a PNG, atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    for name, values in history.items():
+        if name.endswith("loss") and len(values):
+            ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("multibox loss")
+    ax.set_yscale("log")  # the first epochs of a run from scratch dwarf the rest
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    root, ext = os.path.splitext(os.fspath(path))
+    tmp = f"{root}.tmp{os.getpid()}{ext}"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)

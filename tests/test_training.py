@@ -1,0 +1,161 @@
+"""The training script: learning, --resume, bad datasets, weights; and the CLI commands."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+
+from ssd300.synth import make_synthetic_voc  # noqa: E402
+from ssd300.train import load_checkpoint, main  # noqa: E402
+from tests.conftest import ROOT  # noqa: E402
+
+SIZE = 96
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_synthetic_voc(tmp_path_factory.mktemp("voc") / "VOC", images=12, seed=5, style="simple")
+
+
+@pytest.mark.slow
+def test_a_few_steps_lower_the_loss_markedly(dataset):
+    from ssd300 import SSD300, BBoxUtility, MultiboxLoss, priors_from_model
+    from ssd300.generator import SSDDataset
+    from ssd300.voc import XML_preprocessor
+
+    keras.utils.set_random_seed(0)
+    prep = XML_preprocessor(f"{dataset}/Annotations")
+    model = SSD300((SIZE, SIZE, 3), num_classes=5)
+    util = BBoxUtility(5, priors_from_model(model))
+    x, y = SSDDataset(prep.data, util, f"{dataset}/JPEGImages", sorted(prep.data)[:4], (SIZE, SIZE),
+                      batch_size=4, train=False)[0]
+    model.compile(optimizer=keras.optimizers.Adam(1e-3, clipnorm=10.0), loss=MultiboxLoss(5).compute_loss)
+    before = model.evaluate(x, y, verbose=0)
+    for _ in range(25):
+        model.train_on_batch(x, y)
+    after = model.evaluate(x, y, verbose=0)
+    assert np.isfinite(after)
+    assert after < 0.5 * before, (before, after)
+
+
+def run_args(dataset, out, *extra):
+    return ["--voc-root", str(dataset), "--out", str(out), "--input-size", str(SIZE), "--batch-size", "2",
+            "--steps-per-epoch", "2", "--workers", "1", "--optimizer", "adam", "--lr", "1e-4",
+            "--freeze", "conv1_1", *extra]
+
+
+@pytest.mark.slow
+def test_resume_restores_epoch_and_optimizer_state(dataset, tmp_path):
+    out = tmp_path / "run"
+    assert main(run_args(dataset, out, "--epochs", "1")) == 0
+    weights, optimizer_values, state = load_checkpoint(out / "checkpoint.npz")
+    assert state["epoch"] == 1
+    iterations = int(optimizer_values[0])
+    assert iterations == 2
+    for name in ("best.h5", "last.h5", "log.csv", "loss.png"):
+        assert (out / name).is_file(), name
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
+
+    assert main(run_args(dataset, out, "--epochs", "2", "--resume")) == 0
+    _, optimizer_values2, state2 = load_checkpoint(out / "checkpoint.npz")
+    assert state2["epoch"] == 2
+    assert int(optimizer_values2[0]) == 4  # continued from 2 steps, not from 0
+    with open(out / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+    assert len(state2["history"]["loss"]) == 2
+    # Nothing left to do: a third run with --resume returns at once.
+    assert main(run_args(dataset, out, "--epochs", "2", "--resume")) == 0
+
+
+def test_missing_dataset_message_without_traceback(tmp_path):
+    missing = tmp_path / "no" / "VOC2007"
+    result = subprocess.run([sys.executable, "ssd_training.py", "--voc-root", str(missing)],
+                            capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 2
+    assert str(missing) in result.stderr and "does not exist" in result.stderr
+    assert "Annotations/*.xml" in result.stderr and "VOCtrainval_06-Nov-2007.tar" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "half" / "Annotations").mkdir(parents=True)
+    assert main(["--voc-root", str(tmp_path / "half")]) == 2
+
+
+def test_missing_weights_and_resume_messages(dataset, tmp_path, capsys):
+    assert main(run_args(dataset, tmp_path / "r", "--weights", str(tmp_path / "nope.h5"))) == 2
+    assert "nope.h5: weights file not found" in capsys.readouterr().err
+    assert main(run_args(dataset, tmp_path / "r2", "--resume")) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_vgg16_weights_map_onto_the_base(monkeypatch):
+    from ssd300 import SSD300
+    from ssd300.weights import load_vgg16_weights
+
+    vgg = keras.applications.VGG16(include_top=False, weights=None, input_shape=(None, None, 3))
+    monkeypatch.setattr(keras.applications, "VGG16", lambda **kwargs: vgg)
+    model = SSD300((SIZE, SIZE, 3), num_classes=3)
+    report = load_vgg16_weights(model, weights=None)
+    assert len(report.loaded) == 13 and not report.missing
+    np.testing.assert_array_equal(model.get_layer("conv5_3").get_weights()[0],
+                                  vgg.get_layer("block5_conv3").get_weights()[0])
+
+    def offline(**kwargs):
+        raise OSError("URL fetch failure")
+
+    monkeypatch.setattr(keras.applications, "VGG16", offline)
+    from ssd300.weights import WeightFileError
+
+    with pytest.raises(WeightFileError, match="could not get the ImageNet VGG16 weights"):
+        load_vgg16_weights(model)
+
+
+@pytest.fixture(scope="module")
+def trained_weights(tmp_path_factory):
+    from ssd300 import SSD300
+    from ssd300.weights import save_weights_by_name
+
+    path = tmp_path_factory.mktemp("w") / "w.h5"
+    save_weights_by_name(SSD300((SIZE, SIZE, 3), num_classes=5), path)
+    return path
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "ssd300", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+@pytest.mark.slow
+def test_detect_writes_pictures_and_json(dataset, trained_weights, tmp_path):
+    (tmp_path / "classes.txt").write_text("circle\nsquare\ntriangle\ncross\n")
+    (tmp_path / "corrupt.jpg").write_bytes(b"garbage")
+    images = [f"{dataset}/JPEGImages/000001.jpg", f"{dataset}/JPEGImages/000002.jpg", tmp_path / "corrupt.jpg"]
+    result = cli("detect", "--weights", trained_weights, "--classes", tmp_path / "classes.txt",
+                 "--input-size", SIZE, "--min-score", 0.0, "--out", tmp_path / "out", *images)
+    assert result.returncode == 1, result.stderr
+    assert "corrupt.jpg: not a readable image" in result.stderr and "Traceback" not in result.stderr
+    assert sorted(os.listdir(tmp_path / "out")) == ["000001.png", "000002.png", "detections.json"]
+    report = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert len(report) == 2
+    for dets in report.values():
+        for d in dets:
+            assert d["class"] in ("circle", "square", "triangle", "cross") and len(d["box"]) == 4
+    missing = cli("detect", "--weights", tmp_path / "nope.h5", images[0])
+    assert missing.returncode == 2 and "nope.h5: weights file not found" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
+@pytest.mark.slow
+def test_evaluate_command(dataset, trained_weights, tmp_path):
+    result = cli("evaluate", "--weights", trained_weights, "--voc-root", dataset, "--split", "test",
+                 "--input-size", SIZE, "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "mAP" in result.stdout
+    files = sorted(os.listdir(tmp_path))
+    assert files == [f"comp4_det_test_{c}.txt" for c in sorted(("circle", "square", "triangle", "cross"))]
+    bad = cli("evaluate", "--weights", trained_weights, "--voc-root", tmp_path / "none")
+    assert bad.returncode == 2 and "Expected a PASCAL VOC folder" in bad.stderr
