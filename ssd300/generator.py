@@ -65,11 +65,13 @@ class SamplePipeline:
             image, boxes = self.augment(image, boxes, rng)
         else:
             image = resize(image, self.image_size).astype(np.float32)
-        return image, self.bbox_util.assign_boxes(boxes).astype(np.float32)
+        return image, self.bbox_util.assign_boxes(boxes, dtype=np.float32)
 
     def batch(self, keys, rngs, train, skip_bad_images=False):
-        """Stack samples into ``(preprocess_input(images), targets)``."""
-        images, targets = [], []
+        """``(preprocess_input(images), targets)`` of the keys' samples, float32."""
+        images = np.empty((len(keys),) + self.image_size + (3,), np.float32)
+        targets = None
+        count = 0
         for key, rng in zip(keys, rngs):
             try:
                 image, target = self.load(key, rng, train)
@@ -78,11 +80,14 @@ class SamplePipeline:
                     raise
                 warnings.warn(f"{e}; image skipped", stacklevel=2)
                 continue
-            images.append(image)
-            targets.append(target)
-        if not images:
+            if targets is None:
+                targets = np.empty((len(keys),) + target.shape, np.float32)
+            images[count] = preprocess_input(image)
+            targets[count] = target
+            count += 1
+        if not count:
             raise ImageError(f"no readable image in batch ({', '.join(map(str, keys))})")
-        return preprocess_input(np.stack(images)), np.stack(targets)
+        return images[:count], targets[:count]
 
 
 class Generator:

@@ -49,7 +49,9 @@ def resize(image, size):
     height, width = size
     if image.shape[:2] == (height, width):
         return image
-    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+    # reducing_gap: a large downscale (a zoomed-out canvas) first shrinks by
+    # an integer factor, which is much faster and as good to the eye.
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR, reducing_gap=3.0))
 
 
 def preprocess_input(x):

@@ -161,12 +161,13 @@ class BBoxUtility:
         best = len(boxes) - ((iou == best_iou) * rank).max(axis=0)
         return np.where(best_iou > 0, best, -1)
 
-    def assign_boxes(self, boxes):
+    def assign_boxes(self, boxes, dtype=np.float64):
         """Build the training target for one image.
 
         Args:
             boxes: ``(num_boxes, 4 + num_classes - 1)``: normalised box and a
                 one-hot class row without the background.
+            dtype: of the result (the data pipeline asks for float32).
 
         Returns:
             ``(num_priors, 4 + num_classes + 8)``: the encoded box, the one-hot
@@ -174,7 +175,7 @@ class BBoxUtility:
             for matched priors; the last 7 columns are 0.
         """
         boxes = np.asarray(boxes, dtype=np.float64)
-        assignment = np.zeros((self.num_priors, 4 + self.num_classes + 8))
+        assignment = np.zeros((self.num_priors, 4 + self.num_classes + 8), dtype=dtype)
         assignment[:, 4] = 1.0
         if len(boxes) == 0:
             return assignment
