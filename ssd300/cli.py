@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+import numpy as np
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -126,8 +128,6 @@ def _cmd_detect(args):
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        import numpy as np
-
         det = detector.detect_arrays([np.asarray(image)])[0]
         det = det[det[:, 1] >= args.min_score]
         stem = os.path.splitext(os.path.basename(path))[0]

@@ -217,6 +217,8 @@ def make_callbacks(args, model, state):
         """best.h5 / last.h5 by name, and checkpoint.npz for --resume, each written atomically."""
 
         def on_epoch_end(self, epoch, logs=None):
+            if state.get("nan"):
+                return  # keep the last good files
             logs = logs or {}
             for key, value in logs.items():
                 history.setdefault(key, []).append(float(value))
@@ -338,8 +340,9 @@ def train(args):
               "continue with --resume", file=sys.stderr)
         return 130
     if state.get("nan"):
-        print(f"error: training stopped: {state['nan']}. The last good weights are in "
-              f"{os.path.join(args.out, 'last.h5')}; try a lower --lr.", file=sys.stderr)
+        good = (f"the weights of epoch {state['epoch']} are in {os.path.join(args.out, 'last.h5')}"
+                if state["epoch"] else "no epoch had finished")
+        print(f"error: training stopped: {state['nan']}; {good}. Try a lower --lr.", file=sys.stderr)
         return 1
     print(f"done: {state['epoch']} epochs; best validation loss {state.get('best', float('nan')):.4f}; "
           f"weights in {args.out}")

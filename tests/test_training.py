@@ -73,6 +73,15 @@ def test_resume_restores_epoch_and_optimizer_state(dataset, tmp_path):
     assert main(run_args(dataset, out, "--epochs", "2", "--resume")) == 0
 
 
+@pytest.mark.slow
+def test_nan_loss_stops_with_message(dataset, tmp_path, capsys):
+    out = tmp_path / "nan"
+    assert main(run_args(dataset, out, "--epochs", "3", "--lr", "1e30")) == 1
+    err = capsys.readouterr().err
+    assert "training stopped: loss became" in err and "Try a lower --lr" in err
+    assert not (out / "checkpoint.npz").exists() or load_checkpoint(out / "checkpoint.npz")[2]["epoch"] < 3
+
+
 def test_missing_dataset_message_without_traceback(tmp_path):
     missing = tmp_path / "no" / "VOC2007"
     result = subprocess.run([sys.executable, "ssd_training.py", "--voc-root", str(missing)],
