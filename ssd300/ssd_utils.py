@@ -94,8 +94,27 @@ class BBoxUtility:
         self._x1, self._y1, self._x2, self._y2 = (p[:, i].astype(np.float64) for i in range(4))
         self._area = ((p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])).astype(np.float64)
 
-    # nms_thresh and top_k are plain attributes: the original needed setters
-    # only to rebuild its TensorFlow graph.
+    @property
+    def nms_thresh(self):
+        """IoU above which NMS suppresses a detection, in ``[0, 1]``."""
+        return self._nms_thresh
+
+    @nms_thresh.setter
+    def nms_thresh(self, value):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"nms_thresh must be in [0, 1], got {value}")
+        self._nms_thresh = float(value)
+
+    @property
+    def top_k(self):
+        """Detections kept per class by NMS."""
+        return self._top_k
+
+    @top_k.setter
+    def top_k(self, value):
+        if int(value) != value or value < 1:
+            raise ValueError(f"top_k must be a positive integer, got {value}")
+        self._top_k = int(value)
 
     def iou(self, box):
         """IoU of one box ``(4,)`` with every prior; returns ``(num_priors,)``."""

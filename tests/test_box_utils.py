@@ -160,3 +160,10 @@ def test_detection_out_limits_and_empty(priors, rng):
     util.nms_thresh = 0.9
     util.top_k = 400
     assert util.nms_thresh == 0.9 and util.top_k == 400
+    with pytest.raises(ValueError):
+        util.nms_thresh = 1.5
+    with pytest.raises(ValueError):
+        util.top_k = 0
+    loose = BBoxUtility(NUM_CLASSES, priors, nms_thresh=0.9).detection_out(preds)
+    strict = BBoxUtility(NUM_CLASSES, priors, nms_thresh=0.3).detection_out(preds)
+    assert all(len(a) > len(b) for a, b in zip(loose, strict))  # a looser threshold keeps more
