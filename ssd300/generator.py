@@ -36,6 +36,11 @@ class SamplePipeline:
         self.gt = gt
         self.bbox_util = bbox_util
         self.path_prefix = os.fspath(path_prefix)
+        # The original concatenated path_prefix + key; a folder given without
+        # its trailing separator works too.
+        if self.path_prefix and not self.path_prefix.endswith(("/", os.sep)) \
+                and os.path.isdir(self.path_prefix):
+            self.path_prefix += os.sep
         self.image_size = tuple(image_size)[:2]
         if augment == "original":
             augment = OriginalAugmentation(self.image_size, **augment_options)
@@ -46,12 +51,7 @@ class SamplePipeline:
         self.augment = augment
 
     def image_path(self, key):
-        prefix = self.path_prefix
-        # The original concatenated path_prefix + key; a folder without its
-        # trailing slash works too.
-        if prefix and not prefix.endswith(("/", os.sep)) and os.path.isdir(prefix):
-            return os.path.join(prefix, key)
-        return prefix + key
+        return self.path_prefix + key
 
     def load(self, key, rng, train=True):
         """``(image, target)``: float32 ``(H, W, 3)`` RGB in [0, 255] and the encoded target.
@@ -191,6 +191,7 @@ class SSDDataset(_pydataset_base()):
         self.drop_last = drop_last
         self.skip_bad_images = skip_bad_images
         self.epoch = 0
+        self._epoch_order = (None, None)
         self.pipeline = SamplePipeline(gt, bbox_util, path_prefix, image_size,
                                        augment if train else None, **augment_options)
 
@@ -201,7 +202,10 @@ class SSDDataset(_pydataset_base()):
     def _order(self):
         if not self.train:
             return np.arange(len(self.keys))
-        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.keys))
+        if self._epoch_order[0] != self.epoch:
+            self._epoch_order = (self.epoch,
+                                 np.random.default_rng([self.seed, self.epoch]).permutation(len(self.keys)))
+        return self._epoch_order[1]
 
     def __getitem__(self, index):
         if not 0 <= index < len(self):

@@ -82,6 +82,25 @@ def test_nan_loss_stops_with_message(dataset, tmp_path, capsys):
     assert not (out / "checkpoint.npz").exists() or load_checkpoint(out / "checkpoint.npz")[2]["epoch"] < 3
 
 
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint(dataset, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "interrupted"
+    proc = subprocess.Popen([sys.executable, "ssd_training.py", *run_args(dataset, out, "--epochs", "50")],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    seen = ""
+    while "Epoch 2/" not in seen and time.monotonic() < deadline and proc.poll() is None:
+        seen += proc.stdout.readline()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted: saved" in err and "--resume" in err
+    assert load_checkpoint(out / "checkpoint.npz")[2]["epoch"] >= 1
+
+
 def test_missing_dataset_message_without_traceback(tmp_path):
     missing = tmp_path / "no" / "VOC2007"
     result = subprocess.run([sys.executable, "ssd_training.py", "--voc-root", str(missing)],
