@@ -311,11 +311,12 @@ def train(args):
     loss = MultiboxLoss(num_classes, neg_pos_ratio=args.neg_pos_ratio,
                         per_image_mining=args.per_image_mining)
     model.compile(optimizer=optimizer, loss=loss.compute_loss)
+    optimizer = model.optimizer  # mixed float16 wraps it in a LossScaleOptimizer
     if resume_values is not None:
         optimizer.build(model.trainable_variables)
         if len(optimizer.variables) != len(resume_values[1]):
             raise UserError(f"{checkpoint_path}: optimizer state does not match "
-                            f"(--optimizer or --freeze changed since it was written)")
+                            f"(--optimizer, --freeze or --mixed-precision changed since it was written)")
         for variable, value in zip(optimizer.variables, resume_values[1]):
             variable.assign(value)
         print(f"resuming from {checkpoint_path} after epoch {state['epoch']}")

@@ -60,12 +60,14 @@ def plot_history(history, path, title="SSD300 training"):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
     for name, values in history.items():
         if name.endswith("loss") and len(values):
             ax.plot(np.arange(1, len(values) + 1), values, marker="o", label=name)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel("multibox loss")
     ax.set_yscale("log")  # the first epochs of a run from scratch dwarf the rest
     ax.set_title(title)
