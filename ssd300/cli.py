@@ -20,13 +20,18 @@ class CommandError(Exception):
 
 
 def _classes(classes_file, voc_root=None):
-    from .voc import VOC_CLASSES, read_classes_file
+    from .voc import VOC_CLASSES, AnnotationError, read_classes_file
 
-    if classes_file:
+    if not classes_file and voc_root and os.path.isfile(os.path.join(voc_root, "classes.txt")):
+        classes_file = os.path.join(voc_root, "classes.txt")
+    if not classes_file:
+        return VOC_CLASSES
+    try:
         return read_classes_file(classes_file)
-    if voc_root and os.path.isfile(os.path.join(voc_root, "classes.txt")):
-        return read_classes_file(os.path.join(voc_root, "classes.txt"))
-    return VOC_CLASSES
+    except OSError as e:
+        raise CommandError(f"{classes_file}: cannot read class list ({e.strerror})") from None
+    except AnnotationError as e:
+        raise CommandError(str(e)) from None
 
 
 def _detector(args, classes):
@@ -74,8 +79,7 @@ def _cmd_synth(args):
     try:
         out = make_synthetic_voc(args.out, images=args.images, seed=args.seed, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(str(e)) from None
     print(f"wrote {args.images} images to {out}")
     return 0
 

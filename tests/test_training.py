@@ -187,3 +187,17 @@ def test_evaluate_command(dataset, trained_weights, tmp_path):
     assert files == [f"comp4_det_test_{c}.txt" for c in sorted(("circle", "square", "triangle", "cross"))]
     bad = cli("evaluate", "--weights", trained_weights, "--voc-root", tmp_path / "none")
     assert bad.returncode == 2 and "Expected a PASCAL VOC folder" in bad.stderr
+
+
+def test_priors_and_info_commands(tmp_path):
+    from ssd300.priors import load_priors
+
+    result = cli("priors", tmp_path / "p.pkl")
+    assert result.returncode == 0, result.stderr
+    np.testing.assert_array_equal(load_priors(tmp_path / "p.pkl"), load_priors(ROOT / "prior_boxes_ssd300.pkl"))
+    info = cli("info")
+    assert info.returncode == 0 and "parameters: 25,765,497" in info.stdout and "priors: 7308" in info.stdout
+    synth = cli("synth", tmp_path / "s", "--images", 3)
+    assert synth.returncode == 0 and (tmp_path / "s" / "Annotations" / "000003.xml").is_file()
+    again = cli("synth", tmp_path / "s", "--images", 3)
+    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
