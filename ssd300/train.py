@@ -54,8 +54,10 @@ class UserError(Exception):
 
 def check_voc_root(root, split):
     """Raise :class:`UserError` with the expected layout unless ``root`` is VOC-shaped."""
-    missing = [p for p in ("Annotations", "JPEGImages", os.path.join("ImageSets", "Main", f"{split}.txt"))
-               if not os.path.exists(os.path.join(root, p))]
+    needed = ["Annotations", "JPEGImages"]
+    if split != "all":
+        needed.append(os.path.join("ImageSets", "Main", f"{split}.txt"))
+    missing = [p for p in needed if not os.path.exists(os.path.join(root, p))]
     if missing:
         what = "does not exist" if not os.path.isdir(root) else f"lacks {', '.join(missing)}"
         raise UserError(f"{root} {what}.\n\n" + VOC_LAYOUT.format(root=root))
@@ -66,7 +68,10 @@ def build_parser():
         prog="ssd_training.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--voc-root", default="VOCdevkit/VOC2007", help="VOC dataset folder (default: %(default)s)")
-    p.add_argument("--split", default="trainval", help="ImageSets/Main list to train on (default: %(default)s)")
+    p.add_argument("--split", default="trainval",
+                   help="ImageSets/Main list to train on, or 'all' for every annotation file as the "
+                        "originals did (with --val-fraction 0.3 for their 70/30 split) "
+                        "(default: %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="part of the training list held out for validation (default: %(default)s)")
     p.add_argument("--recipe", choices=sorted(RECIPES), default="original",
@@ -164,7 +169,7 @@ def load_dataset(args):
 
     check_voc_root(args.voc_root, args.split)
     try:
-        ids = read_split(args.voc_root, args.split)
+        ids = None if args.split == "all" else read_split(args.voc_root, args.split)
         prep = XML_preprocessor(os.path.join(args.voc_root, "Annotations"), ids=ids,
                                 skip_difficult=args.skip_difficult,
                                 on_error="warn" if args.skip_bad_annotations else "raise")
@@ -172,7 +177,7 @@ def load_dataset(args):
         raise UserError(str(e)) from None
     keys = sorted(prep.data)
     if len(keys) < 2:
-        raise UserError(f"{args.voc_root}: {args.split}.txt lists {len(keys)} images; need at least 2")
+        raise UserError(f"{args.voc_root}: split {args.split!r} has {len(keys)} images; need at least 2")
     train_keys, val_keys = random_split(keys, 1 - args.val_fraction, seed=args.seed)
     if not val_keys:
         train_keys, val_keys = train_keys[:-1], train_keys[-1:]

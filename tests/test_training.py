@@ -51,9 +51,11 @@ def run_args(dataset, out, *extra):
 
 
 @pytest.mark.slow
-def test_resume_restores_epoch_and_optimizer_state(dataset, tmp_path):
+def test_resume_restores_epoch_and_optimizer_state(dataset, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(run_args(dataset, out, "--epochs", "1")) == 0
+    # --split all: every annotation file, split 70/30 as the originals did.
+    assert main(run_args(dataset, out, "--epochs", "1", "--split", "all", "--val-fraction", "0.3")) == 0
+    assert "training on 8 images, validating on 4" in capsys.readouterr().out
     weights, optimizer_values, state = load_checkpoint(out / "checkpoint.npz")
     assert state["epoch"] == 1
     iterations = int(optimizer_values[0])
