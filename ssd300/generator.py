@@ -59,6 +59,8 @@ class SamplePipeline:
         Raises:
             ImageError: the image is missing or unreadable (names the file).
         """
+        if key not in self.gt:
+            raise KeyError(f"{key}: no ground truth for this image")
         image = load_image(self.image_path(key))
         boxes = np.asarray(self.gt[key], dtype=np.float64)
         if train and self.augment is not None:

@@ -194,6 +194,11 @@ class BBoxUtility:
             for matched priors; the last 7 columns are 0.
         """
         boxes = np.asarray(boxes, dtype=np.float64)
+        if boxes.ndim != 2 or (len(boxes) and boxes.shape[1] != 4 + self.num_classes - 1):
+            raise ValueError(
+                f"assign_boxes expects boxes of shape (num_boxes, {4 + self.num_classes - 1}): a box "
+                f"and a one-hot row of the {self.num_classes - 1} classes without the background; "
+                f"got {boxes.shape}")
         assignment = np.zeros((self.num_priors, 4 + self.num_classes + 8), dtype=dtype)
         assignment[:, 4] = 1.0
         if len(boxes) == 0:

@@ -66,6 +66,13 @@ def test_encode_box_matches_original(priors, rng):
         np.testing.assert_allclose(util.iou(box), iou_one(box, priors))
 
 
+def test_assign_boxes_checks_the_class_columns(priors):
+    util = BBoxUtility(NUM_CLASSES, priors)
+    with pytest.raises(ValueError, match=r"shape \(num_boxes, 24\).*got \(1, 4\)"):
+        util.assign_boxes(np.array([[0.1, 0.1, 0.5, 0.5]]))
+    assert util.assign_boxes(np.zeros((0, 4))).shape == (7308, 33)
+
+
 def test_decode_inverts_encode(priors, rng):
     util = BBoxUtility(NUM_CLASSES, priors)
     boxes = random_boxes(rng, 50, 0.05, 0.5)
