@@ -138,16 +138,25 @@ def batched_nms(boxes, scores, labels, iou_threshold=0.45, max_output_size=400):
         by decreasing score.
     """
     labels = np.asarray(labels)
+    if len(labels) == 0:
+        return np.zeros(0, dtype=np.int64)
     by_label = np.argsort(labels, kind="stable")
     sorted_labels = labels[by_label]
-    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]) if len(labels) else []
-    ends = np.r_[starts[1:], len(labels)] if len(labels) else []
-    keep = []
+    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    ends = np.r_[starts[1:], len(labels)]
+    # A label with one box keeps it: only larger groups need NMS.
+    keep = np.zeros(len(labels), dtype=bool)
+    keep[by_label[starts[ends - starts == 1]]] = True
     for start, end in zip(starts, ends):
+        if end - start == 1:
+            continue
         idx = by_label[start:end]
         select = nms_matrix if end - start <= _MATRIX_NMS_MAX else nms
-        keep.append(idx[select(boxes[idx], scores[idx], iou_threshold, max_output_size)])
-    return np.concatenate(keep) if keep else np.zeros(0, dtype=np.int64)
+        keep[idx[select(boxes[idx], scores[idx], iou_threshold, max_output_size)]] = True
+    kept = by_label[keep[by_label]]
+    # Within each label, by decreasing score (stable).
+    order = np.lexsort((-np.asarray(scores)[kept], labels[kept]))
+    return kept[order]
 
 
 # Above this many boxes of one label the O(N^2) matrix costs more than the loop.
