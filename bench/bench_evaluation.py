@@ -4,7 +4,6 @@ Run: .venv/bin/python bench/bench_evaluation.py
 Uses ../shared/data/voc2007_test_ground_truth.json.gz where present, else generated ground truth.
 """
 
-import os
 import sys
 import time
 from pathlib import Path

@@ -17,6 +17,7 @@ Two policies:
 import numpy as np
 from PIL import Image
 
+from .box_ops import pairwise_iou
 from .image_io import resize
 
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -227,16 +228,6 @@ class OriginalAugmentation:
         return np.ascontiguousarray(image), boxes
 
 
-def box_iou_with_rect(boxes, rect):
-    """IoU of normalised boxes ``(N, >=4)`` with one rectangle ``(4,)``."""
-    iw = np.clip(np.minimum(boxes[:, 2], rect[2]) - np.maximum(boxes[:, 0], rect[0]), 0, None)
-    ih = np.clip(np.minimum(boxes[:, 3], rect[3]) - np.maximum(boxes[:, 1], rect[1]), 0, None)
-    inter = iw * ih
-    area_b = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    area_r = (rect[2] - rect[0]) * (rect[3] - rect[1])
-    return inter / (area_b + area_r - inter)
-
-
 class PaperAugmentation:
     """The SSD paper's augmentation (Liu et al., section 2.2 and its Caffe code).
 
@@ -283,7 +274,7 @@ class PaperAugmentation:
             y = int(rng.uniform(0, img_h - h))
             w, h = max(1, int(w)), max(1, int(h))
             rect = np.array([x / img_w, y / img_h, (x + w) / img_w, (y + h) / img_h])
-            if box_iou_with_rect(boxes, rect).max() < min_iou:
+            if pairwise_iou(boxes[:, :4], rect[None]).max() < min_iou:
                 continue
             cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
             cy = 0.5 * (boxes[:, 1] + boxes[:, 3])

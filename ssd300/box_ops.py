@@ -34,20 +34,28 @@ def pairwise_iou(boxes_a, boxes_b, offset=0.0):
         return inter / union
 
 
-def _nms_iou(box, boxes):
-    # tf.image.non_max_suppression's overlap: coordinates may come in either
-    # order, and a box with no area overlaps nothing.
-    lo = np.minimum(boxes[:, :2], boxes[:, 2:4])
-    hi = np.maximum(boxes[:, :2], boxes[:, 2:4])
-    box_lo = np.minimum(box[:2], box[2:4])
-    box_hi = np.maximum(box[:2], box[2:4])
-    area_i = np.prod(box_hi - box_lo)
-    area_j = np.prod(hi - lo, axis=1)
-    wh = np.maximum(np.minimum(hi, box_hi) - np.maximum(lo, box_lo), 0.0)
-    inter = wh[:, 0] * wh[:, 1]
+def _nms_iou(boxes_a, boxes_b):
+    """``(Na, Nb)`` overlaps as ``tf.image.non_max_suppression`` computes them.
+
+    Coordinates may come in either order, and a box with no area overlaps
+    nothing. Computed per coordinate on ``(Na, Nb)`` planes, the fastest
+    layout for NumPy.
+    """
+    def corners(boxes):
+        x1 = np.minimum(boxes[:, 0], boxes[:, 2])
+        y1 = np.minimum(boxes[:, 1], boxes[:, 3])
+        x2 = np.maximum(boxes[:, 0], boxes[:, 2])
+        y2 = np.maximum(boxes[:, 1], boxes[:, 3])
+        return x1, y1, x2, y2, (x2 - x1) * (y2 - y1)
+
+    ax1, ay1, ax2, ay2, area_a = corners(boxes_a)
+    bx1, by1, bx2, by2, area_b = corners(boxes_b)
+    iw = np.minimum.outer(ax2, bx2) - np.maximum.outer(ax1, bx1)
+    ih = np.minimum.outer(ay2, by2) - np.maximum.outer(ay1, by1)
+    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (area_i + area_j - inter)
-    return np.where((area_i > 0) & (area_j > 0), iou, 0.0)
+        iou = inter / (np.add.outer(area_a, area_b) - inter)
+    return np.where(np.logical_and.outer(area_a > 0, area_b > 0), iou, 0.0)
 
 
 def nms(boxes, scores, iou_threshold=0.45, max_output_size=400):
@@ -80,7 +88,7 @@ def nms(boxes, scores, iou_threshold=0.45, max_output_size=400):
         if len(keep) >= max_output_size:
             break
         if i + 1 < n:
-            suppressed[i + 1:] |= _nms_iou(boxes[i], boxes[i + 1:]) > iou_threshold
+            suppressed[i + 1:] |= _nms_iou(boxes[i:i + 1], boxes[i + 1:])[0] > iou_threshold
     return order[np.asarray(keep, dtype=np.int64)]
 
 
@@ -101,7 +109,7 @@ def nms_matrix(boxes, scores, iou_threshold=0.45, max_output_size=400):
     if n <= 1:
         return order
     # suppresses[i, j]: i ranks above j and overlaps it too much.
-    suppresses = np.triu(_nms_iou_matrix(boxes) > iou_threshold, k=1).astype(np.float32)
+    suppresses = np.triu(_nms_iou(boxes, boxes) > iou_threshold, k=1).astype(np.float32)
     keep = np.ones(n, dtype=np.float32)
     while True:
         new_keep = (keep @ suppresses == 0).astype(np.float32)
@@ -109,21 +117,6 @@ def nms_matrix(boxes, scores, iou_threshold=0.45, max_output_size=400):
             break
         keep = new_keep
     return order[np.flatnonzero(keep)[:max_output_size]]
-
-
-def _nms_iou_matrix(boxes):
-    x1 = np.minimum(boxes[:, 0], boxes[:, 2])
-    y1 = np.minimum(boxes[:, 1], boxes[:, 3])
-    x2 = np.maximum(boxes[:, 0], boxes[:, 2])
-    y2 = np.maximum(boxes[:, 1], boxes[:, 3])
-    area = (x2 - x1) * (y2 - y1)
-    iw = np.minimum.outer(x2, x2) - np.maximum.outer(x1, x1)
-    ih = np.minimum.outer(y2, y2) - np.maximum.outer(y1, y1)
-    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (np.add.outer(area, area) - inter)
-    valid = area > 0
-    return np.where(np.logical_and.outer(valid, valid), iou, 0.0)
 
 
 def batched_nms(boxes, scores, labels, iou_threshold=0.45, max_output_size=400):
@@ -134,8 +127,7 @@ def batched_nms(boxes, scores, labels, iou_threshold=0.45, max_output_size=400):
         iou_threshold, max_output_size: as for :func:`nms`, per label.
 
     Returns:
-        indices of the kept boxes, grouped by label (ascending), each group
-        by decreasing score.
+        indices of the kept boxes, ascending.
     """
     labels = np.asarray(labels)
     if len(labels) == 0:
@@ -153,10 +145,7 @@ def batched_nms(boxes, scores, labels, iou_threshold=0.45, max_output_size=400):
         idx = by_label[start:end]
         select = nms_matrix if end - start <= _MATRIX_NMS_MAX else nms
         keep[idx[select(boxes[idx], scores[idx], iou_threshold, max_output_size)]] = True
-    kept = by_label[keep[by_label]]
-    # Within each label, by decreasing score (stable).
-    order = np.lexsort((-np.asarray(scores)[kept], labels[kept]))
-    return kept[order]
+    return np.flatnonzero(keep)
 
 
 # Above this many boxes of one label the O(N^2) matrix costs more than the loop.

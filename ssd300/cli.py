@@ -12,6 +12,8 @@ import sys
 
 import numpy as np
 
+from .atomic import atomic_path
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -85,8 +87,7 @@ def _cmd_synth(args):
 
 
 def _cmd_evaluate(args):
-    from .evaluation import (evaluate_detections, format_ap_table, ground_truth_from_annotations,
-                             write_devkit_results)
+    from .evaluation import format_ap_table, write_devkit_results
     from .image_io import ImageError
     from .train import UserError, check_voc_root
     from .voc import AnnotationError, XML_preprocessor, read_split
@@ -102,15 +103,11 @@ def _cmd_evaluate(args):
     except AnnotationError as e:
         raise CommandError(str(e)) from None
     detector = _detector(args, classes)
-    keys = sorted(prep.data)
     try:
-        detections, _ = detector.detect_files(
-            [os.path.join(args.voc_root, "JPEGImages", k) for k in keys], args.batch_size, progress=True)
+        by_id, result = detector.evaluate_voc(args.voc_root, prep, args.batch_size,
+                                              use_07_metric=not args.voc2010_metric, progress=True)
     except ImageError as e:
         raise CommandError(str(e)) from None
-    by_id = {os.path.splitext(k)[0]: d for k, d in zip(keys, detections)}
-    result = evaluate_detections(by_id, ground_truth_from_annotations(prep.annotations),
-                                 use_07_metric=not args.voc2010_metric)
     print(format_ap_table(result, classes))
     files = write_devkit_results(by_id, classes, args.out, prefix=f"comp4_det_{args.split}_")
     print(f"devkit result files: {os.path.dirname(files[0])}/comp4_det_{args.split}_<class>.txt")
@@ -140,10 +137,8 @@ def _cmd_detect(args):
         report[path] = [{"label": int(d[0]), "class": classes[int(d[0]) - 1], "score": float(d[1]),
                          "box": [float(v) for v in d[2:6]]} for d in det]
         print(f"{path}: {len(det)} detections -> {picture}")
-    tmp = os.path.join(args.out, "detections.json.tmp")
-    with open(tmp, "w") as f:
+    with atomic_path(os.path.join(args.out, "detections.json")) as tmp, open(tmp, "w") as f:
         json.dump(report, f, indent=2)
-    os.replace(tmp, os.path.join(args.out, "detections.json"))
     return 1 if failed else 0
 
 

@@ -9,6 +9,8 @@ import csv
 import json
 import os
 
+from .atomic import atomic_path
+
 # From scratch on two CPU cores: a small input, Adam at the original recipe's
 # 3e-4 (1e-3 reached half the mAP in the same time) with clipped gradients,
 # the easy ("simple") synthetic style; nothing frozen.
@@ -53,10 +55,8 @@ def run_demo(args, explicit=()):
     summary["epochs"] = len(rows)
     summary["train_loss"] = [float(r["loss"]) for r in rows]
     summary["val_loss"] = [float(r["val_loss"]) for r in rows]
-    tmp = os.path.join(args.out, "demo_summary.json.tmp")
-    with open(tmp, "w") as f:
+    with atomic_path(os.path.join(args.out, "demo_summary.json")) as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
-    os.replace(tmp, os.path.join(args.out, "demo_summary.json"))
     print(f"\ndemo: validation loss {summary['val_loss'][0]:.3f} after epoch 1 -> "
           f"{min(summary['val_loss']):.3f} (best of {summary['epochs']} epochs); test mAP "
           f"{summary['map']:.3f} (VOC2007 11-point) on {summary['test_images']} pictures; "
@@ -67,8 +67,8 @@ def run_demo(args, explicit=()):
 def evaluate_and_draw(args, root, pictures=6, min_score=0.25):
     """Evaluate ``best.h5`` on the test split and draw detections; returns a summary dict."""
     from .detect import Detector
+    from .evaluation import format_ap_table
     from .image_io import open_rgb
-    from .evaluation import evaluate_detections, format_ap_table, ground_truth_from_annotations
     from .ssd_v2 import SSD300v2
     from .visualize import draw_detections, save_atomic
     from .voc import XML_preprocessor, read_split
@@ -78,19 +78,14 @@ def evaluate_and_draw(args, root, pictures=6, min_score=0.25):
     prep = XML_preprocessor(os.path.join(root, "Annotations"), ids=ids)
     model = SSD300v2((args.input_size, args.input_size, 3), num_classes=prep.num_classes + 1)
     load_weights_by_name(model, os.path.join(args.out, "best.h5"))
-    detector = Detector(model, prep.classes)
-    keys = sorted(prep.data)
-    paths = [os.path.join(root, "JPEGImages", k) for k in keys]
-    detections, sizes = detector.detect_files(paths)
-    image_ids = [os.path.splitext(k)[0] for k in keys]
-    result = evaluate_detections(dict(zip(image_ids, detections)),
-                                 ground_truth_from_annotations(prep.annotations))
+    detections, result = Detector(model, prep.classes).evaluate_voc(root, prep)
     print(format_ap_table(result, prep.classes))
     out_dir = os.path.join(args.out, "detections")
     os.makedirs(out_dir, exist_ok=True)
-    for key, path, det in list(zip(keys, paths, detections))[:pictures]:
+    for image_id in sorted(detections)[:pictures]:
         # A few minutes of training leaves modest scores: draw the best five above min_score.
-        save_atomic(draw_detections(open_rgb(path), det[:5], prep.classes, min_score=min_score),
-                    os.path.join(out_dir, key.replace(".jpg", ".png")))
+        picture = open_rgb(os.path.join(root, "JPEGImages", f"{image_id}.jpg"))
+        save_atomic(draw_detections(picture, detections[image_id][:5], prep.classes, min_score=min_score),
+                    os.path.join(out_dir, f"{image_id}.png"))
     return {"map": result["map"], "ap": {prep.classes[k - 1]: v for k, v in result["ap"].items()},
-            "test_images": len(keys), "pictures": out_dir}
+            "test_images": len(detections), "pictures": out_dir}

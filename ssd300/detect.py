@@ -68,3 +68,24 @@ class Detector:
             detections.extend(self.detect_arrays(images))
             sizes.extend((im.shape[1], im.shape[0]) for im in images)
         return detections, sizes
+
+    def evaluate_voc(self, voc_root, annotations, batch_size=8, use_07_metric=True, progress=False):
+        """Detect on a VOC folder's pictures and score them with the devkit's rules.
+
+        Args:
+            voc_root: the folder holding ``JPEGImages``.
+            annotations: the split's ``XML_preprocessor``.
+
+        Returns:
+            ``(detections, result)``: ``{image_id: (K, 6)}`` in pixels, and
+            :func:`ssd300.evaluation.evaluate_detections`'s result.
+        """
+        from .evaluation import evaluate_detections, ground_truth_from_annotations
+
+        keys = sorted(annotations.data)
+        found, _ = self.detect_files([os.path.join(voc_root, "JPEGImages", k) for k in keys],
+                                     batch_size, progress)
+        detections = {os.path.splitext(k)[0]: d for k, d in zip(keys, found)}
+        result = evaluate_detections(detections, ground_truth_from_annotations(annotations.annotations),
+                                     use_07_metric=use_07_metric)
+        return detections, result

@@ -12,6 +12,7 @@ import os
 
 import numpy as np
 
+from .atomic import atomic_path
 
 _CHUNK = 200_000
 
@@ -56,7 +57,7 @@ def _class_tp_fp(det_image, det_boxes, gt_boxes, gt_difficult, gt_offsets, iou_t
             slot = gt_offsets[img][:, None] + np.arange(width)[None, :]
             valid = np.arange(width)[None, :] < counts[img][:, None]
             slot = np.where(valid, slot, 0)
-            g = gt_boxes[slot] if len(gt_boxes) else np.zeros(slot.shape + (4,))
+            g = gt_boxes[slot]
             d = det_boxes[sl][:, None, :]
             iw = np.minimum(d[..., 2], g[..., 2]) - np.maximum(d[..., 0], g[..., 0]) + 1
             ih = np.minimum(d[..., 3], g[..., 3]) - np.maximum(d[..., 1], g[..., 1]) + 1
@@ -221,10 +222,8 @@ def write_devkit_results(detections, classes, out_dir, prefix="comp4_det_test_")
     written = []
     for label, name in enumerate(classes, start=1):
         path = os.path.join(out_dir, f"{prefix}{name}.txt")
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
             f.writelines(lines[label])
-        os.replace(tmp, path)
         written.append(path)
     return written
 

@@ -10,6 +10,8 @@ import pickle
 
 import numpy as np
 
+from .atomic import atomic_path
+
 # A pickle can run arbitrary code, so only what a pickled NumPy array needs
 # is resolved; anything else is refused.
 _ALLOWED_GLOBALS = {
@@ -91,11 +93,8 @@ def save_priors(priors, path):
     ``pickle.load(open(path, "rb"))``.
     """
     priors = validate_priors(np.asarray(priors), "priors")
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         pickle.dump(priors, f, protocol=2)
-    os.replace(tmp, path)
 
 
 def priors_from_model(model):

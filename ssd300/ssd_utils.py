@@ -247,8 +247,9 @@ class BBoxUtility:
         results = []
         for i in range(len(conf)):
             sel = slice(bounds[i], bounds[i + 1])
-            keep = batched_nms(boxes[sel], scores[sel], label[sel], self.nms_thresh, self.top_k)
-            keep = bounds[i] + keep[np.argsort(-scores[sel][keep], kind="stable")[:keep_top_k]]
+            keep = bounds[i] + batched_nms(boxes[sel], scores[sel], label[sel], self.nms_thresh, self.top_k)
+            # By decreasing score; equal scores by class, then prior (the per-class order).
+            keep = keep[np.lexsort((label[keep], -scores[keep]))[:keep_top_k]]
             det = np.empty((len(keep), 6))
             det[:, 0] = label[keep]
             det[:, 1] = scores[keep]

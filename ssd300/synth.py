@@ -13,6 +13,8 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .box_ops import pairwise_iou
+
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 #: Colours of the "simple" style, one per class (RGB).
 SIMPLE_COLOURS = {"circle": (220, 40, 40), "square": (40, 180, 60), "triangle": (40, 80, 220),
@@ -107,7 +109,7 @@ def synthetic_image(rng, classes=SHAPE_CLASSES, size_range=(300, 500), max_objec
             w, h = side * np.sqrt(aspect), side / np.sqrt(aspect)
             x0, y0 = rng.uniform(0, width - w), rng.uniform(0, height - h)
             box = np.array([x0, y0, x0 + w, y0 + h])
-            if all(_overlap(box, other) < 0.05 for other in placed):
+            if not placed or pairwise_iou(box[None], np.array(placed)).max() < 0.05:
                 break
         else:
             continue
@@ -126,13 +128,6 @@ def synthetic_image(rng, classes=SHAPE_CLASSES, size_range=(300, 500), max_objec
         objects.append((kind, left + 1, upper + 1, right, lower))
         colours.append(colour)
     return img, objects, colours
-
-
-def _overlap(a, b):
-    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = iw * ih
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_range=(300, 500),

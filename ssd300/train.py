@@ -17,7 +17,6 @@ file is written to a temporary name and renamed.
 """
 
 import argparse
-import io
 import json
 import math
 import os
@@ -25,6 +24,8 @@ import sys
 import time
 
 import numpy as np
+
+from .atomic import atomic_path
 
 RECIPES = {
     "original": dict(optimizer="adam", lr=3e-4, epochs=30, batch_size=16, neg_pos_ratio=2.0,
@@ -135,21 +136,13 @@ def make_optimizer(args):
     return keras.optimizers.SGD(args.lr, momentum=0.9, weight_decay=5e-4, **clip)
 
 
-def _atomic_write_bytes(path, data):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path, model, optimizer, state):
     """Weights, optimizer variables and ``state`` (a dict) in one ``.npz``, written atomically."""
     arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(model.get_weights())}
     arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
     arrays["state"] = np.frombuffer(json.dumps(state).encode("utf8"), dtype=np.uint8)
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    _atomic_write_bytes(path, buffer.getvalue())
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def load_checkpoint(path):
@@ -209,6 +202,14 @@ def load_initial_weights(model, args):
     print(f"initial weights from {args.weights}: {report}")
 
 
+def save_last(args, model, state):
+    """``last.h5`` (weights by name) and ``checkpoint.npz`` (for --resume)."""
+    from .weights import save_weights_by_name
+
+    save_weights_by_name(model, os.path.join(args.out, "last.h5"))
+    save_checkpoint(os.path.join(args.out, "checkpoint.npz"), model, model.optimizer, state)
+
+
 def make_callbacks(args, model, state):
     import keras
 
@@ -228,12 +229,11 @@ def make_callbacks(args, model, state):
             for key, value in logs.items():
                 history.setdefault(key, []).append(float(value))
             state["epoch"] = epoch + 1
-            save_weights_by_name(self.model, os.path.join(out, "last.h5"))
             val = logs.get("val_loss", logs.get("loss"))
             if val is not None and np.isfinite(val) and val < state.get("best", math.inf):
                 state["best"] = float(val)
                 save_weights_by_name(self.model, os.path.join(out, "best.h5"))
-            save_checkpoint(os.path.join(out, "checkpoint.npz"), self.model, self.model.optimizer, state)
+            save_last(args, self.model, state)
             plot_history(history, os.path.join(out, "loss.png"))
 
     class StopOnNaN(keras.callbacks.Callback):
@@ -338,10 +338,7 @@ def train(args):
         model.fit(train_data, validation_data=val_data, epochs=args.epochs, initial_epoch=start_epoch,
                   steps_per_epoch=args.steps_per_epoch, callbacks=callbacks, verbose=1)
     except KeyboardInterrupt:
-        save_checkpoint(checkpoint_path, model, optimizer, state)
-        from .weights import save_weights_by_name
-
-        save_weights_by_name(model, os.path.join(args.out, "last.h5"))
+        save_last(args, model, state)
         print(f"\ninterrupted: saved {checkpoint_path} (epoch {state['epoch']}); "
               "continue with --resume", file=sys.stderr)
         return 130

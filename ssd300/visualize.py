@@ -1,13 +1,14 @@
 """Drawing detections on pictures (Pillow), and loss curves (matplotlib)."""
 
 import colorsys
-import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_path
 
-def class_colour(label, num_classes=21):
+
+def class_colour(label):
     """A distinct RGB colour per class label."""
     r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 1.0)
     return int(255 * r), int(255 * g), int(255 * b)
@@ -48,10 +49,8 @@ def draw_detections(image, detections, classes, min_score=0.0):
 
 def save_atomic(image, path):
     """Save a ``PIL.Image`` by writing a temporary file and renaming it."""
-    root, ext = os.path.splitext(os.fspath(path))
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    image.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        image.save(tmp)
 
 
 def plot_history(history, path, title="SSD300 training"):
@@ -74,8 +73,6 @@ def plot_history(history, path, title="SSD300 training"):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    root, ext = os.path.splitext(os.fspath(path))
-    tmp = f"{root}.tmp{os.getpid()}{ext}"
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .atomic import atomic_path
+
 
 class WeightFileError(ValueError):
     """A weights file that is missing or not in a layout we can read."""
@@ -139,9 +141,7 @@ def save_weights_by_name(model, path):
     """
     import h5py
 
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         names = [layer.name for layer in model.layers]
         f.attrs["layer_names"] = [n.encode("utf8") for n in names]
         f.attrs["backend"] = b"keras3"
@@ -152,7 +152,6 @@ def save_weights_by_name(model, path):
             group.attrs["weight_names"] = weight_names
             for wn, value in zip(weight_names, layer.get_weights()):
                 group.create_dataset(wn.decode("utf8"), data=value)
-    os.replace(tmp, path)
 
 
 def vgg16_layer_map():

@@ -1,6 +1,5 @@
 """The Generator, the PyDataset form, image reading and preprocessing."""
 
-import warnings
 
 import numpy as np
 import pytest
@@ -35,7 +34,7 @@ def test_generator_batches(synth, util):
     assert np.all(y[:, :, 4:9].sum(-1) == 1)
     xv, yv = next(gen.generate(train=False))
     assert xv.shape == (4, 300, 300, 3)
-    # Validation images are not augmented: the first equals the preprocessed resized file.
+    # The same seed gives the same batches.
     gen2 = Generator(prep.data, util, 4, f"{root}/JPEGImages", keys[:8], keys[8:], (300, 300), seed=0)
     assert np.array_equal(next(gen2.generate(True))[0], x)
 
