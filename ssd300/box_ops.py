@@ -34,36 +34,13 @@ def pairwise_iou(boxes_a, boxes_b, offset=0.0):
         return inter / union
 
 
-def _nms_iou(boxes_a, boxes_b):
-    """``(Na, Nb)`` overlaps as ``tf.image.non_max_suppression`` computes them.
-
-    Coordinates may come in either order, and a box with no area overlaps
-    nothing. Computed per coordinate on ``(Na, Nb)`` planes, the fastest
-    layout for NumPy.
-    """
-    def corners(boxes):
-        x1 = np.minimum(boxes[:, 0], boxes[:, 2])
-        y1 = np.minimum(boxes[:, 1], boxes[:, 3])
-        x2 = np.maximum(boxes[:, 0], boxes[:, 2])
-        y2 = np.maximum(boxes[:, 1], boxes[:, 3])
-        return x1, y1, x2, y2, (x2 - x1) * (y2 - y1)
-
-    ax1, ay1, ax2, ay2, area_a = corners(boxes_a)
-    bx1, by1, bx2, by2, area_b = corners(boxes_b)
-    iw = np.minimum.outer(ax2, bx2) - np.maximum.outer(ax1, bx1)
-    ih = np.minimum.outer(ay2, by2) - np.maximum.outer(ay1, by1)
-    inter = np.maximum(iw, 0.0) * np.maximum(ih, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / (np.add.outer(area_a, area_b) - inter)
-    return np.where(np.logical_and.outer(area_a > 0, area_b > 0), iou, 0.0)
-
-
 def nms(boxes, scores, iou_threshold=0.45, max_output_size=400):
     """Greedy non-maximum suppression, as ``tf.image.non_max_suppression``.
 
     Boxes are visited by decreasing score (the lower index first among
     equal scores); a box is dropped when its IoU with an already selected
-    box is greater than ``iou_threshold``.
+    box is greater than ``iou_threshold``. Corners may come in either
+    order, and a box with no area overlaps nothing.
 
     Args:
         boxes: ``(N, 4)``.
@@ -74,79 +51,87 @@ def nms(boxes, scores, iou_threshold=0.45, max_output_size=400):
     Returns:
         int64 indices into ``boxes`` of the selected boxes, by decreasing score.
     """
-    boxes = np.asarray(boxes)
-    scores = np.asarray(scores)
-    order = np.argsort(-scores, kind="stable")
-    boxes = boxes[order]
-    n = len(order)
-    suppressed = np.zeros(n, dtype=bool)
-    keep = []
-    for i in range(n):
-        if suppressed[i]:
-            continue
-        keep.append(i)
-        if len(keep) >= max_output_size:
-            break
-        if i + 1 < n:
-            suppressed[i + 1:] |= _nms_iou(boxes[i:i + 1], boxes[i + 1:])[0] > iou_threshold
-    return order[np.asarray(keep, dtype=np.int64)]
+    return batched_nms(boxes, scores, np.zeros(len(scores), dtype=np.int64),
+                       iou_threshold, max_output_size)
 
 
-def nms_matrix(boxes, scores, iou_threshold=0.45, max_output_size=400):
-    """The same selection as :func:`nms`, computed from the full IoU matrix.
+def batched_nms(boxes, scores, groups, iou_threshold=0.45, max_output_size=400):
+    """:func:`nms` within each group: boxes of different groups never suppress each other.
 
-    Greedy NMS keeps a box exactly when no kept box of higher rank
-    overlaps it. That fixed point is reached by iterating "kept = not
-    suppressed by any kept box" from "all kept": after ``t`` rounds the
-    boxes at suppression depth ``< t`` are settled, so a few matrix-vector
-    products replace the per-box Python loop. Memory is ``O(N^2)``: use it
-    for at most a few thousand boxes.
-    """
-    boxes = np.asarray(boxes)
-    order = np.argsort(-np.asarray(scores), kind="stable")
-    boxes = boxes[order]
-    n = len(order)
-    if n <= 1:
-        return order
-    # suppresses[i, j]: i ranks above j and overlaps it too much.
-    suppresses = np.triu(_nms_iou(boxes, boxes) > iou_threshold, k=1).astype(np.float32)
-    keep = np.ones(n, dtype=np.float32)
-    while True:
-        new_keep = (keep @ suppresses == 0).astype(np.float32)
-        if np.array_equal(new_keep, keep):
-            break
-        keep = new_keep
-    return order[np.flatnonzero(keep)[:max_output_size]]
-
-
-def batched_nms(boxes, scores, labels, iou_threshold=0.45, max_output_size=400):
-    """Class-wise NMS: boxes of different labels never suppress each other.
+    All groups advance together. In each round every group keeps its best
+    undecided box, and that box drops the undecided boxes of its group that
+    it overlaps by more than ``iou_threshold``; that is greedy NMS, one kept
+    box per group per round. The Python loop thus runs as many times as the
+    largest number of boxes one group keeps, and each round is vectorised
+    over all groups.
 
     Args:
-        boxes: ``(N, 4)``; scores: ``(N,)``; labels: ``(N,)`` ints.
-        iou_threshold, max_output_size: as for :func:`nms`, per label.
+        boxes: ``(N, 4)``.
+        scores: ``(N,)``.
+        groups: ``(N,)`` group of each box, e.g. ``image * num_classes + label``.
+        iou_threshold: overlap above which a box is suppressed.
+        max_output_size: at most this many indices are returned per group.
 
     Returns:
-        indices of the kept boxes, ascending.
+        int64 indices of the kept boxes, by increasing group and, within a
+        group, by decreasing score.
     """
-    labels = np.asarray(labels)
-    if len(labels) == 0:
-        return np.zeros(0, dtype=np.int64)
-    by_label = np.argsort(labels, kind="stable")
-    sorted_labels = labels[by_label]
-    starts = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-    ends = np.r_[starts[1:], len(labels)]
-    # A label with one box keeps it: only larger groups need NMS.
-    keep = np.zeros(len(labels), dtype=bool)
-    keep[by_label[starts[ends - starts == 1]]] = True
-    for start, end in zip(starts, ends):
-        if end - start == 1:
-            continue
-        idx = by_label[start:end]
-        select = nms_matrix if end - start <= _MATRIX_NMS_MAX else nms
-        keep[idx[select(boxes[idx], scores[idx], iou_threshold, max_output_size)]] = True
-    return np.flatnonzero(keep)
-
-
-# Above this many boxes of one label the O(N^2) matrix costs more than the loop.
-_MATRIX_NMS_MAX = 2000
+    boxes = np.asarray(boxes).reshape(-1, 4)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    groups = np.asarray(groups).reshape(-1)
+    if not len(boxes) == len(scores) == len(groups):
+        raise ValueError(f"batched_nms needs as many boxes, scores and groups; got "
+                         f"{len(boxes)}, {len(scores)} and {len(groups)}")
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    # By group, then by decreasing score; the lower index first among equals.
+    order = np.argsort(-scores, kind="stable")
+    order = order[np.argsort(groups[order], kind="stable")]
+    boxes = boxes[order]
+    if not np.issubdtype(boxes.dtype, np.floating):
+        boxes = boxes.astype(np.float64)
+    # Rows x1, y1, x2, y2, area of the undecided boxes, so that one boolean
+    # index drops boxes from all of them at once.
+    x1 = np.minimum(boxes[:, 0], boxes[:, 2])
+    y1 = np.minimum(boxes[:, 1], boxes[:, 3])
+    x2 = np.maximum(boxes[:, 0], boxes[:, 2])
+    y2 = np.maximum(boxes[:, 1], boxes[:, 3])
+    live = np.stack([x1, y1, x2, y2, (x2 - x1) * (y2 - y1)])
+    sorted_groups = groups[order]
+    first = np.empty(len(order), dtype=bool)
+    first[:1] = True
+    np.not_equal(sorted_groups[1:], sorted_groups[:-1], out=first[1:])
+    # Rows: group number, position in ``order``.
+    ids = np.stack([np.cumsum(first), np.arange(len(order))])
+    kept = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for _ in range(max_output_size):
+            n = ids.shape[1]
+            if n == 0:
+                break
+            head = first[:n]
+            np.not_equal(ids[0, 1:], ids[0, :-1], out=head[1:])
+            heads = np.flatnonzero(head)
+            kept.append(ids[1, heads])
+            # The head of its group beside each box (repeat beats a gather).
+            group_size = np.empty_like(heads)
+            np.subtract(heads[1:], heads[:-1], out=group_size[:-1])
+            group_size[-1] = n - heads[-1]
+            h = np.repeat(live[:, heads], group_size, axis=1)
+            inter = np.minimum(live[2], h[2])
+            inter -= np.maximum(live[0], h[0])
+            ih = np.minimum(live[3], h[3])
+            ih -= np.maximum(live[1], h[1])
+            np.maximum(inter, 0, out=inter)
+            np.maximum(ih, 0, out=ih)
+            inter *= ih
+            union = live[4] + h[4]
+            union -= inter
+            # A box of no area has IoU 0 or NaN with any box: never above.
+            drop = inter / union > iou_threshold
+            drop |= head
+            undecided = ~drop
+            live = live[:, undecided]
+            ids = ids[:, undecided]
+    # Positions in ``order`` sort by group, then by score.
+    return order[np.sort(np.concatenate(kept))] if kept else np.zeros(0, dtype=np.int64)

@@ -61,14 +61,20 @@ def assign_boxes_one_at_a_time(boxes, priors, num_classes, overlap_threshold=0.5
 
 
 def greedy_nms(boxes, scores, iou_threshold, top_k):
-    """One box at a time: keep a box unless it overlaps a kept one by more than the threshold."""
+    """One box at a time: keep a box unless it overlaps a kept one by more than the threshold.
+
+    Corners may come in either order, as in ``tf.image.non_max_suppression``.
+    """
+    def corners(b):
+        return min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])
+
     order = sorted(range(len(scores)), key=lambda i: -scores[i])
     kept = []
     for i in order:
-        bi = boxes[i]
+        bi = corners(boxes[i])
         ok = True
         for j in kept:
-            bj = boxes[j]
+            bj = corners(boxes[j])
             iw = max(0.0, min(bi[2], bj[2]) - max(bi[0], bj[0]))
             ih = max(0.0, min(bi[3], bj[3]) - max(bi[1], bj[1]))
             inter = iw * ih

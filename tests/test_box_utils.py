@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ssd300.box_ops import batched_nms, nms, nms_matrix, pairwise_iou
+from ssd300.box_ops import batched_nms, nms, pairwise_iou
 from ssd300.ssd_utils import BBoxUtility, encode_boxes
 from tests.conftest import random_boxes
 from tests.reference import (assign_boxes_one_at_a_time, detection_out_per_class,
@@ -97,7 +97,6 @@ def test_nms_equals_greedy_reference(rng):
         scores[: n // 3] = np.round(scores[: n // 3], 1)  # ties
         expected = greedy_nms(boxes, scores, 0.45, 400)
         assert nms(boxes, scores, 0.45, 400).tolist() == expected
-        assert nms_matrix(boxes, scores, 0.45, 400).tolist() == expected
         assert nms(boxes, scores, 0.45, 3).tolist() == expected[:3]
 
 
@@ -118,7 +117,30 @@ def test_nms_matches_tensorflow(rng):
 def test_batched_nms_keeps_classes_apart():
     boxes = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [0, 0, 1, 1.0]])
     keep = batched_nms(boxes, np.array([0.9, 0.8, 0.7]), np.array([1, 2, 1]), 0.45, 10)
-    assert sorted(keep.tolist()) == [0, 1]
+    assert keep.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("top_k", [1, 4, 400])
+def test_batched_nms_equals_greedy_per_group(rng, top_k):
+    n = 500
+    boxes = random_boxes(rng, n, 0.02, 0.5)
+    boxes[:40] = boxes[:40, [2, 3, 0, 1]]  # corners in the other order
+    boxes[40:50, 2] = boxes[40:50, 0]  # no area
+    scores = np.round(rng.uniform(0, 1, n), 2)  # many ties
+    groups = rng.choice([7, -3, 12, 40], n)
+    expected = []
+    for g in np.unique(groups):  # by increasing group
+        idx = np.flatnonzero(groups == g)
+        expected += idx[greedy_nms(boxes[idx], scores[idx], 0.45, top_k)].tolist()
+    assert batched_nms(boxes, scores, groups, 0.45, top_k).tolist() == expected
+
+
+def test_batched_nms_empty_and_mismatched():
+    assert batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0)).shape == (0,)
+    with pytest.raises(ValueError, match="as many boxes, scores and groups"):
+        batched_nms(np.zeros((3, 4)), np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match="iou_threshold"):
+        nms(np.zeros((3, 4)), np.zeros(3), -0.1)
 
 
 def fake_predictions(rng, priors, batch, num_classes=NUM_CLASSES, objects=4):
@@ -174,3 +196,24 @@ def test_detection_out_limits_and_empty(priors, rng):
     loose = BBoxUtility(NUM_CLASSES, priors, nms_thresh=0.9).detection_out(preds)
     strict = BBoxUtility(NUM_CLASSES, priors, nms_thresh=0.3).detection_out(preds)
     assert all(len(a) > len(b) for a, b in zip(loose, strict))  # a looser threshold keeps more
+
+
+def test_detection_out_float32_ties_and_other_background(priors, rng):
+    util = BBoxUtility(NUM_CLASSES, priors)
+    preds = fake_predictions(rng, priors, 3).astype(np.float32)
+    preds[..., 4:-8] = np.round(preds[..., 4:-8], 2)  # many equal scores
+    preds[1, :, 4:-8] = 0.0  # an image with nothing above the threshold
+    got = util.detection_out(preds, background_label_id=3, keep_top_k=150)
+    expected = detection_out_per_class(preds, NUM_CLASSES, background_label_id=3, keep_top_k=150)
+    assert [g.shape for g in got] == [e.shape for e in expected]
+    assert got[1].shape == (0, 6) and len(got[0]) == 150
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_detection_out_rejects_a_wrong_shape(priors):
+    util = BBoxUtility(NUM_CLASSES, priors)
+    with pytest.raises(ValueError, match=r"\(batch, num_priors, 33\)"):
+        util.detection_out(np.zeros((len(priors), 33)))
+    with pytest.raises(ValueError, match="for 21 classes"):
+        util.detection_out(np.zeros((1, len(priors), 30)))
