@@ -76,7 +76,11 @@ def batched_nms(boxes, scores, groups, iou_threshold=0.45, max_output_size=400):
         int64 indices of the kept boxes, by increasing group and, within a
         group, by decreasing score.
     """
-    boxes = np.asarray(boxes).reshape(-1, 4)
+    boxes = np.asarray(boxes)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"batched_nms expects boxes of shape (N, 4), got {boxes.shape}")
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     groups = np.asarray(groups).reshape(-1)
     if not len(boxes) == len(scores) == len(groups):
@@ -109,6 +113,7 @@ def batched_nms(boxes, scores, groups, iou_threshold=0.45, max_output_size=400):
             n = ids.shape[1]
             if n == 0:
                 break
+            # The best undecided box of each group (reusing a buffer).
             head = first[:n]
             np.not_equal(ids[0, 1:], ids[0, :-1], out=head[1:])
             heads = np.flatnonzero(head)

@@ -139,6 +139,8 @@ def test_batched_nms_empty_and_mismatched():
     assert batched_nms(np.zeros((0, 4)), np.zeros(0), np.zeros(0)).shape == (0,)
     with pytest.raises(ValueError, match="as many boxes, scores and groups"):
         batched_nms(np.zeros((3, 4)), np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match=r"shape \(N, 4\), got \(3, 5\)"):
+        nms(np.zeros((3, 5)), np.zeros(3))
     with pytest.raises(ValueError, match="iou_threshold"):
         nms(np.zeros((3, 4)), np.zeros(3), -0.1)
 
