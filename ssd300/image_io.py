@@ -5,11 +5,13 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .errors import UserError
+
 #: ImageNet channel means in BGR order, as keras.applications' "caffe" mode.
 CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], dtype=np.float32)
 
 
-class ImageError(ValueError):
+class ImageError(UserError):
     """An image that is missing or cannot be decoded; the message names the file."""
 
 

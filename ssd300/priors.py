@@ -11,6 +11,7 @@ import pickle
 import numpy as np
 
 from .atomic import atomic_path
+from .errors import UserError
 
 # A pickle can run arbitrary code, so only what a pickled NumPy array needs
 # is resolved; anything else is refused.
@@ -24,7 +25,7 @@ _ALLOWED_GLOBALS = {
 }
 
 
-class PriorFileError(ValueError):
+class PriorFileError(UserError):
     """A priors file that is missing, unsafe, or not an ``(N, 8)`` array."""
 
 
@@ -100,19 +101,25 @@ def save_priors(priors, path):
 def priors_from_model(model):
     """The prior boxes of a built SSD model, without running it.
 
-    Reads the NumPy boxes held by the model's ``PriorBox`` layers, in the
-    order the model concatenates them (its ``mbox_priorbox`` layer).
+    Reads the NumPy boxes held by the model's ``PriorBox`` layers (named
+    ``<source>_mbox_priorbox``), in the order the model concatenates them.
 
     Returns:
         float32 array ``(num_priors, 8)``.
+
+    Raises:
+        ValueError: the model lacks one of SSD300's PriorBox layers.
     """
     from .ssd_layers import PriorBox
+    from .ssd_v2 import prior_layer_names
 
-    concat = model.get_layer("mbox_priorbox")
     parts = []
-    for node_input in concat._inbound_nodes[0].input_tensors:
-        layer = node_input._keras_history[0]
+    for name in prior_layer_names():
+        try:
+            layer = model.get_layer(name)
+        except ValueError:
+            raise ValueError(f"model {model.name!r} has no PriorBox layer {name!r}") from None
         if not isinstance(layer, PriorBox):
-            raise ValueError(f"{layer.name} feeds mbox_priorbox but is not a PriorBox layer")
+            raise ValueError(f"{name} is a {type(layer).__name__}, not a PriorBox layer")
         parts.append(layer.prior_boxes)
     return np.concatenate(parts, axis=0).astype(np.float32)

@@ -7,6 +7,8 @@ so hard-negative mining selects by rank instead of a data-sized ``top_k``.
 import keras
 from keras import ops
 
+from .layout import split_predictions, split_targets
+
 
 def _descending_rank(x):
     """Rank of each entry along axis 1 by decreasing value, ties by index.
@@ -89,10 +91,11 @@ class MultiboxLoss:
         num_boxes = float(y_true.shape[1]) if y_true.shape[1] is not None else ops.cast(
             ops.shape(y_true)[1], "float32")
 
-        conf_loss = self._softmax_loss(y_true[:, :, 4:-8], y_pred[:, :, 4:-8])
-        loc_loss = self._l1_smooth_loss(y_true[:, :, :4], y_pred[:, :, :4])
+        true_offsets, true_classes, positive = split_targets(y_true)
+        pred_offsets, pred_scores, _, _ = split_predictions(y_pred)
+        conf_loss = self._softmax_loss(true_classes, pred_scores)
+        loc_loss = self._l1_smooth_loss(true_offsets, pred_offsets)
 
-        positive = y_true[:, :, -8]
         num_pos = ops.sum(positive, axis=1)
         pos_loc_loss = ops.sum(loc_loss * positive, axis=1)
         pos_conf_loss = ops.sum(conf_loss * positive, axis=1)
@@ -110,7 +113,7 @@ class MultiboxLoss:
 
         # Rank the non-positive priors by their best non-background
         # probability; a stable sort breaks ties by index, as top_k does.
-        max_confs = ops.max(y_pred[:, :, 5:4 + self.num_classes], axis=2)
+        max_confs = ops.max(pred_scores[:, :, 1:], axis=2)
         hardness = max_confs * (1.0 - positive)
         rank = _descending_rank(hardness)
         negative = ops.cast(ops.cast(rank, "float32") < num_neg[:, None], "float32")

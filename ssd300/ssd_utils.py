@@ -8,6 +8,7 @@ followed by its four variances.
 import numpy as np
 
 from .box_ops import batched_nms
+from .layout import num_columns, split_predictions, split_targets
 
 
 def encode_boxes(boxes, priors):
@@ -199,17 +200,18 @@ class BBoxUtility:
                 f"assign_boxes expects boxes of shape (num_boxes, {4 + self.num_classes - 1}): a box "
                 f"and a one-hot row of the {self.num_classes - 1} classes without the background; "
                 f"got {boxes.shape}")
-        assignment = np.zeros((self.num_priors, 4 + self.num_classes + 8), dtype=dtype)
-        assignment[:, 4] = 1.0
+        assignment = np.zeros((self.num_priors, num_columns(self.num_classes)), dtype=dtype)
+        offsets, one_hot, _ = split_targets(assignment)
+        one_hot[:, 0] = 1.0
         if len(boxes) == 0:
             return assignment
         matched = self.match(boxes)
         pos = np.flatnonzero(matched >= 0)
         owner = matched[pos]
-        assignment[pos, :4] = encode_boxes(boxes[owner, :4], self.priors[pos])
-        assignment[pos, 4] = 0.0
-        assignment[pos, 5:-8] = boxes[owner, 4:]
-        assignment[pos, -8] = 1.0
+        offsets[pos] = encode_boxes(boxes[owner, :4], self.priors[pos])
+        one_hot[pos, 0] = 0.0
+        one_hot[pos, 1:] = boxes[owner, 4:]
+        assignment[pos, -8] = 1.0  # the positive flag (see ssd300.layout)
         return assignment
 
     def decode_boxes(self, mbox_loc, mbox_priorbox, variances):
@@ -234,11 +236,11 @@ class BBoxUtility:
             confidence; ``(0, 6)`` when nothing is detected.
         """
         predictions = np.asarray(predictions)
-        if predictions.ndim != 3 or predictions.shape[-1] != 4 + self.num_classes + 8:
+        if predictions.ndim != 3 or predictions.shape[-1] != num_columns(self.num_classes):
             raise ValueError(
                 f"detection_out expects predictions of shape (batch, num_priors, "
-                f"{4 + self.num_classes + 8}) for {self.num_classes} classes; got {predictions.shape}")
-        conf = predictions[..., 4:-8]
+                f"{num_columns(self.num_classes)}) for {self.num_classes} classes; got {predictions.shape}")
+        conf = split_predictions(predictions)[1]
         batch, num_priors, num_classes = conf.shape
         candidates = conf > confidence_threshold
         if 0 <= background_label_id < num_classes:
@@ -248,8 +250,9 @@ class BBoxUtility:
         image = row // num_priors
         scores = conf.reshape(-1, num_classes)[row, label]
         # Only the candidates' boxes are decoded.
-        pred = predictions.reshape(-1, predictions.shape[-1])[row]
-        boxes = decode_boxes(pred[:, :4], pred[:, -8:-4], pred[:, -4:])
+        offsets, _, prior_boxes, variances = split_predictions(
+            predictions.reshape(-1, predictions.shape[-1])[row])
+        boxes = decode_boxes(offsets, prior_boxes, variances)
         keep = batched_nms(boxes, scores, image * num_classes + label, self.nms_thresh, self.top_k)
         # Per image by decreasing score; equal scores by class, then prior
         # (the order the per-class loop appends them in, sorted stably).

@@ -20,6 +20,23 @@ HEADS = (
     ("pool6", 276.0, 330.0, (2, 3)),
 )
 VARIANCES = (0.1, 0.1, 0.2, 0.2)
+#: ``(filters, convolutions)`` of VGG16's five blocks: layers ``conv{block}_{i}``.
+VGG16_BLOCKS = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
+
+
+def vgg16_conv_names():
+    """``conv1_1`` ... ``conv5_3``: the VGG16 base's convolutions, in order."""
+    return [f"conv{b}_{i}" for b, (_, n) in enumerate(VGG16_BLOCKS, start=1) for i in range(1, n + 1)]
+
+
+def prior_layer_name(source):
+    """The name of the PriorBox layer on feature map ``source``."""
+    return f"{source}_mbox_priorbox"
+
+
+def prior_layer_names():
+    """The PriorBox layers' names, in the order ``mbox_priorbox`` concatenates them."""
+    return [prior_layer_name(source) for source, *_ in HEADS]
 
 
 def _conv(filters, kernel, name, initializer, **kwargs):
@@ -36,9 +53,8 @@ def _conv(filters, kernel, name, initializer, **kwargs):
 
 def _vgg16_base(x, initializer):
     """VGG16 conv1_1 ... conv5_3 with the original's names; returns conv4_3, conv5_3."""
-    blocks = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
     conv4_3 = None
-    for b, (filters, n) in enumerate(blocks, start=1):
+    for b, (filters, n) in enumerate(VGG16_BLOCKS, start=1):
         for i in range(1, n + 1):
             x = _conv(filters, 3, f"conv{b}_{i}", initializer)(x)
         if b == 4:
@@ -110,7 +126,7 @@ def SSD300v2(input_shape, num_classes=21, kernel_initializer=None):
         source = sources[source_name]
         prior_layer = PriorBox(img_size, min_size, max_size=max_size,
                                aspect_ratios=list(ratios), variances=list(VARIANCES),
-                               name=f"{source_name}_mbox_priorbox", dtype="float32")
+                               name=prior_layer_name(source_name), dtype="float32")
         num_priors = len(prior_layer.aspect_ratios)
         if source_name == "pool6":
             # The global-pooled map is 1x1: dense heads, and a reshape so

@@ -9,6 +9,8 @@ from defusedxml import DefusedXmlException
 from defusedxml import ElementTree
 from xml.etree.ElementTree import ParseError
 
+from .errors import UserError
+
 #: The 20 PASCAL VOC classes in the devkit's order (label 1 ... 20; 0 is background).
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -17,7 +19,7 @@ VOC_CLASSES = (
 )
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError):
     """An annotation file that cannot be used; the message names the file and the problem."""
 
 

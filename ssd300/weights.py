@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .atomic import atomic_path
+from .errors import UserError
 
 
-class WeightFileError(ValueError):
+class WeightFileError(UserError):
     """A weights file that is missing or not in a layout we can read."""
 
 
@@ -156,9 +157,10 @@ def save_weights_by_name(model, path):
 
 def vgg16_layer_map():
     """``{keras.applications VGG16 layer: SSD layer}``: ``block{b}_conv{i}`` to ``conv{b}_{i}``."""
-    counts = (2, 2, 3, 3, 3)
-    return {f"block{b}_conv{i}": f"conv{b}_{i}"
-            for b, n in enumerate(counts, start=1) for i in range(1, n + 1)}
+    from .ssd_v2 import vgg16_conv_names
+
+    # conv{b}_{i} is keras.applications' block{b}_conv{i}.
+    return {"block{}_conv{}".format(*name[4:].split("_")): name for name in vgg16_conv_names()}
 
 
 def load_vgg16_weights(model, weights="imagenet"):
