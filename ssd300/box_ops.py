@@ -11,27 +11,50 @@ def box_area(boxes, offset=0.0):
     return (boxes[..., 2] - boxes[..., 0] + offset) * (boxes[..., 3] - boxes[..., 1] + offset)
 
 
+def iou(boxes_a, boxes_b, offset=0.0, area_b=None):
+    """Intersection over union of boxes paired by broadcasting: the one IoU rule.
+
+    Args:
+        boxes_a: ``(..., 4)`` ``xmin, ymin, xmax, ymax``.
+        boxes_b: ``(..., 4)``, broadcastable against ``boxes_a``.
+        offset: added to widths and heights: 0 for continuous coordinates,
+            1 for the VOC devkit's inclusive pixel coordinates.
+        area_b: ``box_area(boxes_b, offset)`` when the caller has it already
+            (the priors' areas, computed once).
+
+    Returns:
+        the broadcast shape without the last axis. A pair with no
+        intersection has IoU 0; two boxes of no area give NaN.
+
+    Example:
+
+    >>> float(iou(np.array([0.0, 0.0, 2.0, 2.0]), np.array([1.0, 0.0, 3.0, 2.0])))
+    0.3333333333333333
+    """
+    boxes_a = np.asarray(boxes_a)
+    boxes_b = np.asarray(boxes_b)
+    iw = np.minimum(boxes_a[..., 2], boxes_b[..., 2]) - np.maximum(boxes_a[..., 0], boxes_b[..., 0])
+    ih = np.minimum(boxes_a[..., 3], boxes_b[..., 3]) - np.maximum(boxes_a[..., 1], boxes_b[..., 1])
+    inter = np.maximum(iw + offset, 0.0) * np.maximum(ih + offset, 0.0)
+    if area_b is None:
+        area_b = box_area(boxes_b, offset)
+    union = box_area(boxes_a, offset) + area_b - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return inter / union
+
+
 def pairwise_iou(boxes_a, boxes_b, offset=0.0):
-    """Intersection over union of every box of ``boxes_a`` with every box of ``boxes_b``.
+    """IoU of every box of ``boxes_a`` with every box of ``boxes_b``.
 
     Args:
         boxes_a: ``(N, 4)``.
         boxes_b: ``(M, 4)``.
-        offset: added to widths and heights: 0 for continuous coordinates,
-            1 for the VOC devkit's inclusive pixel coordinates.
+        offset: as for :func:`iou`.
 
     Returns:
         ``(N, M)`` array.
     """
-    boxes_a = np.asarray(boxes_a)
-    boxes_b = np.asarray(boxes_b)
-    upleft = np.maximum(boxes_a[:, None, :2], boxes_b[None, :, :2])
-    botright = np.minimum(boxes_a[:, None, 2:4], boxes_b[None, :, 2:4])
-    inter_wh = np.maximum(botright - upleft + offset, 0.0)
-    inter = inter_wh[..., 0] * inter_wh[..., 1]
-    union = box_area(boxes_a, offset)[:, None] + box_area(boxes_b, offset)[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return inter / union
+    return iou(np.asarray(boxes_a)[:, None, :4], np.asarray(boxes_b)[None, :, :4], offset)
 
 
 def nms(boxes, scores, iou_threshold=0.45, max_output_size=400):

@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from .atomic import atomic_path
+from .box_ops import iou
 
 _CHUNK = 200_000
 
@@ -59,14 +60,11 @@ def _class_tp_fp(det_image, det_boxes, gt_boxes, gt_difficult, gt_offsets, iou_t
             slot = np.where(valid, slot, 0)
             g = gt_boxes[slot]
             d = det_boxes[sl][:, None, :]
-            iw = np.minimum(d[..., 2], g[..., 2]) - np.maximum(d[..., 0], g[..., 0]) + 1
-            ih = np.minimum(d[..., 3], g[..., 3]) - np.maximum(d[..., 1], g[..., 1]) + 1
-            inter = np.where((iw > 0) & (ih > 0), iw * ih, 0.0)
-            union = ((d[..., 2] - d[..., 0] + 1) * (d[..., 3] - d[..., 1] + 1)
-                     + (g[..., 2] - g[..., 0] + 1) * (g[..., 3] - g[..., 1] + 1) - inter)
-            iou = np.where(valid & (inter > 0), inter / union, -np.inf)
-            j = iou.argmax(axis=1)
-            best_iou[sl] = iou[np.arange(len(j)), j]
+            overlap = iou(d, g, offset=1.0)
+            # No overlap (IoU 0) is no match, as the devkit's "iw > 0 and ih > 0".
+            overlap = np.where(valid & (overlap > 0), overlap, -np.inf)
+            j = overlap.argmax(axis=1)
+            best_iou[sl] = overlap[np.arange(len(j)), j]
             best_gt[sl] = np.where(np.isfinite(best_iou[sl]), slot[np.arange(len(j)), j], -1)
     matched = (best_gt >= 0) & (best_iou >= iou_threshold)
     difficult = np.zeros(n, dtype=bool)

@@ -7,7 +7,7 @@ followed by its four variances.
 
 import numpy as np
 
-from .box_ops import batched_nms
+from .box_ops import batched_nms, box_area, iou
 from .layout import num_columns, split_predictions, split_targets
 
 
@@ -89,11 +89,10 @@ class BBoxUtility:
         self.num_priors = 0 if priors is None else len(self._priors)
         if priors is None:
             return
-        # Per-prior columns for matching, computed once. Sizes are taken in
-        # the priors' own dtype first, as the original's arithmetic was.
-        p = self._priors
-        self._x1, self._y1, self._x2, self._y2 = (p[:, i].astype(np.float64) for i in range(4))
-        self._area = ((p[:, 2] - p[:, 0]) * (p[:, 3] - p[:, 1])).astype(np.float64)
+        # Matching reuses the priors' boxes and areas. Areas are taken in the
+        # priors' own dtype first, as the original's arithmetic was.
+        self._boxes = self._priors[:, :4].astype(np.float64)
+        self._area = box_area(self._priors).astype(np.float64)
 
     @property
     def nms_thresh(self):
@@ -123,14 +122,7 @@ class BBoxUtility:
 
     def _iou_with_priors(self, boxes):
         """``(B, num_priors)`` IoU of ``(B, >=4)`` boxes with the priors."""
-        bx1, by1, bx2, by2 = (boxes[:, i:i + 1] for i in range(4))
-        iw = np.minimum(self._x2, bx2) - np.maximum(self._x1, bx1)
-        ih = np.minimum(self._y2, by2) - np.maximum(self._y1, by1)
-        np.maximum(iw, 0.0, out=iw)
-        np.maximum(ih, 0.0, out=ih)
-        inter = iw * ih
-        union = (bx2 - bx1) * (by2 - by1) + self._area - inter
-        return inter / union
+        return iou(np.asarray(boxes, dtype=np.float64)[:, None, :4], self._boxes, area_b=self._area)
 
     def encode_box(self, box, return_iou=True):
         """Encode one box for the priors it matches (the original's per-box step).
