@@ -1,28 +1,167 @@
-"""``python -m ssd300 COMMAND``: the library's command line.
+"""``ssd300 COMMAND`` (also ``python -m ssd300``): the library's command line; all parsing lives here.
 
-Commands: ``info`` (model summary), ``priors`` (write the prior boxes),
-``synth`` (synthetic VOC dataset), ``evaluate`` (VOC mAP), ``detect``
-(draw detections on pictures).
+Commands: ``train`` (``python ssd_training.py`` is ``ssd300 train``),
+``demo``, ``evaluate`` (VOC mAP), ``detect`` (draw detections), ``info``
+(model summary), ``priors`` (write the prior boxes), ``synth`` (a synthetic
+VOC-format dataset).
+
+A user's mistake (a missing file, a bad option) is printed as ``error:
+message`` with exit status 2 and no traceback.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 
-import numpy as np
-
-from .atomic import atomic_path
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# Keras and TensorFlow take seconds to import: each command imports what it
+# needs, so that ``--help`` and the NumPy-only commands start at once.
+from .errors import UserError  # noqa: E402
 
-class CommandError(Exception):
-    """Reported as ``error: message`` with exit status 2."""
+RECIPE_HELP = {
+    "epochs": "original: 30, paper: 380", "batch_size": "original: 16, paper: 32",
+    "optimizer": "original: adam, paper: sgd",
+    "lr": "initial learning rate; original: 3e-4, paper: 1e-3",
+    "neg_pos_ratio": "hard negatives per positive; original: 2.0, paper: 3.0",
+    "augment": "original or paper (the recipe's)",
+    "freeze": "comma-separated layers to freeze; original: conv1_1 ... conv3_3, '' for none",
+}
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def add_training_options(p, dataset=True):
+    """The options of ``train`` (and, without the dataset ones, ``demo``).
+
+    Every option defaults to "not given" (``argparse.SUPPRESS``), so the
+    recipe fills what the user did not set.
+    """
+    given = argparse.SUPPRESS
+    if dataset:
+        p.add_argument("--voc-root", default=given, help="VOC dataset folder (default: VOCdevkit/VOC2007)")
+        p.add_argument("--split", default=given,
+                       help="ImageSets/Main list to train on, or 'all' for every annotation file as the "
+                            "originals did (with --val-fraction 0.3 for their 70/30 split) "
+                            "(default: trainval)")
+        p.add_argument("--val-fraction", type=_fraction, default=given,
+                       help="part of the training list held out for validation (default: 0.1)")
+        p.add_argument("--skip-difficult", action="store_true", default=given,
+                       help="leave difficult objects out of training")
+        p.add_argument("--skip-bad-annotations", action="store_true", default=given,
+                       help="warn and skip bad objects in the annotations instead of stopping")
+    if dataset:
+        p.add_argument("--recipe", choices=("original", "paper"), default="original",
+                       help="defaults for the options below (default: %(default)s)")
+    p.add_argument("--epochs", type=_positive_int, default=given, help=RECIPE_HELP["epochs"])
+    p.add_argument("--batch-size", type=_positive_int, default=given, help=RECIPE_HELP["batch_size"])
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default=given, help=RECIPE_HELP["optimizer"])
+    p.add_argument("--lr", type=_positive_float, default=given, help=RECIPE_HELP["lr"])
+    p.add_argument("--clipnorm", type=_positive_float, default=given,
+                   help="clip each gradient to this norm (default: no clipping)")
+    p.add_argument("--neg-pos-ratio", type=_positive_float, default=given, help=RECIPE_HELP["neg_pos_ratio"])
+    p.add_argument("--augment", choices=("original", "paper", "none"), default=given, help=RECIPE_HELP["augment"])
+    p.add_argument("--weights", default=given,
+                   help="initial weights: an HDF5 file (by layer name) or 'vgg16' (ImageNet)")
+    p.add_argument("--freeze", default=given, help=RECIPE_HELP["freeze"])
+    p.add_argument("--input-size", type=_positive_int, default=given,
+                   help="input height and width (default: 300)")
+    p.add_argument("--workers", type=_positive_int, default=given, help="data-loading threads (default: 2)")
+    p.add_argument("--multiprocessing", action="store_true", default=given,
+                   help="load data in processes, not threads")
+    p.add_argument("--mixed-precision", choices=("off", "float16", "bfloat16"), default=given,
+                   help="mixed-precision policy (default: off)")
+    p.add_argument("--out", default=given, help="output folder (default: runs/ssd300)")
+    p.add_argument("--resume", action="store_true", default=given, help="continue from OUT/checkpoint.npz")
+    p.add_argument("--tensorboard", action="store_true", default=given, help="also write TensorBoard logs")
+    p.add_argument("--steps-per-epoch", type=_positive_int, default=given, help="limit the batches per epoch")
+    p.add_argument("--time-limit", type=_positive_float, default=given,
+                   help="stop after this many minutes (at the end of a batch)")
+    p.add_argument("--seed", type=int, default=given, help="(default: 0)")
+    p.add_argument("--skip-bad-images", action="store_true", default=given,
+                   help="warn and skip unreadable images")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=given,
+                   help="no progress bar (one line per epoch)")
+
+
+# Command-line spellings that differ from the configuration's values.
+_CONVERT = {
+    "augment": lambda v: None if v == "none" else v,
+    "mixed_precision": lambda v: None if v == "off" else v,
+    "freeze": lambda v: tuple(name for name in v.split(",") if name),
+}
+_NOT_CONFIG = {"command", "func", "recipe", "demo", "demo_images", "demo_minutes", "images"}
+
+
+def training_config(args, base=None):
+    """A :class:`ssd300.training.TrainConfig`: ``base`` (else the recipe) with the options given."""
+    from .training import recipe
+
+    given = {k: _CONVERT.get(k, lambda v: v)(v) for k, v in vars(args).items() if k not in _NOT_CONFIG}
+    return recipe(args.recipe, **given) if base is None else dataclasses.replace(base, **given)
+
+
+def _exit_status(result):
+    stream = sys.stdout if result.status in ("done", "up_to_date") else sys.stderr
+    prefix = "error: " if result.status == "nan" else ""
+    print(f"{prefix}{result.message}", file=stream)
+    return {"done": 0, "up_to_date": 0, "nan": 1, "interrupted": 130}[result.status]
+
+
+def _cmd_train(args):
+    if getattr(args, "demo", False):
+        return _cmd_demo(args)
+    from .training import fit
+
+    return _exit_status(fit(training_config(args)))
+
+
+def _cmd_demo(args):
+    from .demo import DEMO, DEMO_IMAGES, describe, run_demo
+
+    config = training_config(args, base=DEMO)
+    if getattr(args, "demo_minutes", None) and "time_limit" not in vars(args):
+        config = dataclasses.replace(config, time_limit=args.demo_minutes)
+    images = getattr(args, "demo_images", None) or getattr(args, "images", None) or DEMO_IMAGES
+    result, summary = run_demo(config, images=images)
+    if summary is None:
+        return _exit_status(result)
+    print("\n" + describe(summary, config.out))
+    return 0
 
 
 def _classes(classes_file, voc_root=None):
-    from .voc import VOC_CLASSES, AnnotationError, read_classes_file
+    from .voc import VOC_CLASSES, read_classes_file
 
     if not classes_file and voc_root and os.path.isfile(os.path.join(voc_root, "classes.txt")):
         classes_file = os.path.join(voc_root, "classes.txt")
@@ -31,23 +170,19 @@ def _classes(classes_file, voc_root=None):
     try:
         return read_classes_file(classes_file)
     except OSError as e:
-        raise CommandError(f"{classes_file}: cannot read class list ({e.strerror})") from None
-    except AnnotationError as e:
-        raise CommandError(str(e)) from None
+        raise UserError(f"{classes_file}: cannot read class list ({e.strerror})") from None
 
 
 def _detector(args, classes):
     from .detect import Detector
+    from .layout import num_classes_with_background
     from .ssd_v2 import SSD300v2
-    from .weights import WeightFileError, load_weights_by_name
+    from .weights import load_weights_by_name
 
-    model = SSD300v2((args.input_size, args.input_size, 3), num_classes=len(classes) + 1)
-    try:
-        report = load_weights_by_name(model, args.weights)
-    except WeightFileError as e:
-        raise CommandError(str(e)) from None
+    model = SSD300v2((args.input_size, args.input_size, 3), num_classes=num_classes_with_background(classes))
+    report = load_weights_by_name(model, args.weights)
     if not report.loaded:
-        raise CommandError(f"{args.weights}: no layer of the model found in the file")
+        raise UserError(f"{args.weights}: no layer of the model found in the file")
     if report.missing:
         print(f"warning: {args.weights} lacks {', '.join(report.missing)} (left untrained)",
               file=sys.stderr)
@@ -81,33 +216,20 @@ def _cmd_synth(args):
     try:
         out = make_synthetic_voc(args.out, images=args.images, seed=args.seed, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as e:
-        raise CommandError(str(e)) from None
+        raise UserError(str(e)) from None
     print(f"wrote {args.images} images to {out}")
     return 0
 
 
 def _cmd_evaluate(args):
+    from .datasets import read_voc
     from .evaluation import format_ap_table, write_devkit_results
-    from .image_io import ImageError
-    from .train import UserError, check_voc_root
-    from .voc import AnnotationError, XML_preprocessor, read_split
 
-    try:
-        check_voc_root(args.voc_root, args.split)
-    except UserError as e:
-        raise CommandError(str(e)) from None
     classes = _classes(args.classes, args.voc_root)
-    try:
-        ids = read_split(args.voc_root, args.split)
-        prep = XML_preprocessor(os.path.join(args.voc_root, "Annotations"), classes=classes, ids=ids)
-    except AnnotationError as e:
-        raise CommandError(str(e)) from None
+    dataset = read_voc(args.voc_root, args.split, classes)
     detector = _detector(args, classes)
-    try:
-        by_id, result = detector.evaluate_voc(args.voc_root, prep, args.batch_size,
-                                              use_07_metric=not args.voc2010_metric, progress=True)
-    except ImageError as e:
-        raise CommandError(str(e)) from None
+    by_id, result = detector.evaluate_voc(args.voc_root, dataset, args.batch_size,
+                                          use_07_metric=not args.voc2010_metric, progress=True)
     print(format_ap_table(result, classes))
     files = write_devkit_results(by_id, classes, args.out, prefix=f"comp4_det_{args.split}_")
     print(f"devkit result files: {os.path.dirname(files[0])}/comp4_det_{args.split}_<class>.txt")
@@ -115,6 +237,7 @@ def _cmd_evaluate(args):
 
 
 def _cmd_detect(args):
+    from .atomic import atomic_path
     from .image_io import ImageError, open_rgb
     from .visualize import draw_detections, save_atomic
 
@@ -129,7 +252,7 @@ def _cmd_detect(args):
             print(f"error: {e}", file=sys.stderr)
             failed += 1
             continue
-        det = detector.detect_arrays([np.asarray(image)])[0]
+        det = detector.detect_arrays([image])[0]
         det = det[det[:, 1] >= args.min_score]
         stem = os.path.splitext(os.path.basename(path))[0]
         picture = os.path.join(args.out, f"{stem}.png")
@@ -142,23 +265,39 @@ def _cmd_detect(args):
     return 1 if failed else 0
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m ssd300", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def build_parser(prog="ssd300"):
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train SSD300 on a VOC-format dataset (= python ssd_training.py)",
+                       description=_training_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_options(p)
+    p.add_argument("--demo", action="store_true", help="run the demo instead (= ssd300 demo)")
+    p.add_argument("--demo-images", type=_positive_int, help="synthetic images for --demo (default: 400)")
+    p.add_argument("--demo-minutes", type=_positive_float,
+                   help="an upper bound on the demo's training time (default: none; it trains a fixed "
+                        "number of epochs)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="generate a synthetic dataset, train on it, evaluate, draw detections")
+    p.add_argument("--images", type=_positive_int, default=400, help="synthetic pictures (default: 400)")
+    add_training_options(p, dataset=False)
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("info", help="build SSD300, print its summary and number of priors")
-    p.add_argument("--size", type=int, default=300, help="input height and width (default 300)")
-    p.add_argument("--num-classes", type=int, default=21)
+    p.add_argument("--size", type=_positive_int, default=300, help="input height and width (default 300)")
+    p.add_argument("--num-classes", type=_positive_int, default=21, help="classes with the background (default 21)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("priors", help="write the model's prior boxes as a pickle")
     p.add_argument("out", nargs="?", default="prior_boxes_ssd300.pkl")
-    p.add_argument("--size", type=int, default=300)
+    p.add_argument("--size", type=_positive_int, default=300)
     p.set_defaults(func=_cmd_priors)
 
     p = sub.add_parser("synth", help="write a synthetic VOC-format dataset of shapes")
     p.add_argument("out", help="dataset folder to create")
-    p.add_argument("--images", type=int, default=500)
+    p.add_argument("--images", type=_positive_int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=_cmd_synth)
@@ -166,14 +305,14 @@ def build_parser():
     def model_options(p):
         p.add_argument("--weights", required=True, help="HDF5 weights (by layer name)")
         p.add_argument("--classes", help="classes.txt (default: the dataset's, else the 20 VOC classes)")
-        p.add_argument("--input-size", type=int, default=300)
-        p.add_argument("--confidence", type=float, default=0.01, help="detection_out confidence threshold")
+        p.add_argument("--input-size", type=_positive_int, default=300)
+        p.add_argument("--confidence", type=_fraction, default=0.01, help="detection_out confidence threshold")
 
     p = sub.add_parser("evaluate", help="VOC mAP of a model on a dataset split")
     model_options(p)
     p.add_argument("--voc-root", required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--voc2010-metric", action="store_true", help="area under the curve, not 11-point")
     p.add_argument("--out", default="results", help="folder for the devkit result files")
     p.set_defaults(func=_cmd_evaluate)
@@ -182,18 +321,35 @@ def build_parser():
     model_options(p)
     p.add_argument("images", nargs="+")
     p.add_argument("--out", default="detections")
-    p.add_argument("--min-score", type=float, default=0.5, help="draw detections scored at least this")
+    p.add_argument("--min-score", type=_fraction, default=0.5, help="draw detections scored at least this")
     p.set_defaults(func=_cmd_detect)
     return parser
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def _training_description():
+    return ("Train SSD300 on a PASCAL VOC-format dataset. Two recipes set the defaults: 'original' "
+            "(the originals' notebook: Adam 3e-4 x 0.9^epoch, batch 16, 30 epochs, neg_pos_ratio 2, "
+            "conv1_1 ... conv3_3 frozen, the originals' augmentation) and 'paper' (SGD 1e-3 with "
+            "momentum 0.9 and weight decay 5e-4, /10 after 2/3 and 5/6 of 380 epochs, batch 32, "
+            "per-image 3:1 hard negative mining, the paper's augmentation). Any option overrides the "
+            "recipe. Outputs in --out: best.h5, last.h5 (weights by layer name), checkpoint.npz "
+            "(for --resume), log.csv, loss.png.")
+
+
+def main(argv=None, prog="ssd300"):
+    """Run a command; returns the exit status."""
+    args = build_parser(prog).parse_args(argv)
     try:
         return args.func(args)
-    except CommandError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def train_main(argv=None):
+    """``python ssd_training.py [options]``: ``ssd300 train [options]``."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return main(["train", *argv], prog="ssd_training.py")
 
 
 if __name__ == "__main__":

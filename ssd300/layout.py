@@ -58,3 +58,13 @@ def split_targets(targets):
     """
     return (targets[..., :NUM_OFFSETS], targets[..., NUM_OFFSETS:-NUM_PRIOR_COLUMNS],
             targets[..., -NUM_PRIOR_COLUMNS])
+
+
+def num_classes_with_background(classes):
+    """The model's ``num_classes`` for a list of object class names: label 0 is the background.
+
+    ``XML_preprocessor.num_classes`` keeps the original's meaning (object
+    classes only); the model, ``BBoxUtility`` and ``MultiboxLoss`` count the
+    background too. This is the one place that adds it.
+    """
+    return len(classes) + 1

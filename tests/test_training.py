@@ -12,7 +12,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from ssd300.synth import make_synthetic_voc  # noqa: E402
-from ssd300.train import load_checkpoint, main  # noqa: E402
+from ssd300.checkpoint import load_checkpoint  # noqa: E402
+from ssd300.cli import train_main as main  # noqa: E402
 from tests.conftest import ROOT  # noqa: E402
 
 SIZE = 96
@@ -94,7 +95,7 @@ def test_ctrl_c_saves_a_checkpoint(dataset, tmp_path):
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     seen = ""
-    while "Epoch 2/" not in seen and time.monotonic() < deadline and proc.poll() is None:
+    while "epoch 1/" not in seen and time.monotonic() < deadline and proc.poll() is None:
         seen += proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -203,3 +204,54 @@ def test_priors_and_info_commands(tmp_path):
     assert synth.returncode == 0 and (tmp_path / "s" / "Annotations" / "000003.xml").is_file()
     again = cli("synth", tmp_path / "s", "--images", 3)
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
+
+
+@pytest.mark.slow
+def test_resume_gives_the_weights_of_an_uninterrupted_run(dataset, tmp_path):
+    """2 epochs straight == 1 epoch, then --resume for the second (data order, optimizer state)."""
+    from ssd300.checkpoint import load_checkpoint as load
+
+    args = ["--augment", "original", "--workers", "2"]
+    def run(out, *extra):
+        full = run_args(dataset, out, *extra, *args)
+        at = full.index("--steps-per-epoch")  # whole epochs (5 batches)
+        return main(full[:at] + full[at + 2:])
+
+    assert run(tmp_path / "straight", "--epochs", "2") == 0
+    assert run(tmp_path / "resumed", "--epochs", "1") == 0
+    assert run(tmp_path / "resumed", "--epochs", "2", "--resume") == 0
+    straight, opt_straight, state_straight = load(tmp_path / "straight" / "checkpoint.npz")
+    resumed, opt_resumed, state_resumed = load(tmp_path / "resumed" / "checkpoint.npz")
+    # float32 training; the same operations in the same order give the same bits on one machine,
+    # so the tolerance only absorbs a different thread reduction order.
+    for a, b in zip(straight + opt_straight, resumed + opt_resumed):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(state_straight["history"]["loss"], state_resumed["history"]["loss"], rtol=1e-5)
+    with open(tmp_path / "resumed" / "log.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
+
+
+def test_stale_temporaries_are_removed_and_the_log_follows_the_checkpoint(tmp_path):
+    from ssd300.checkpoint import remove_stale_temporaries, save_checkpoint, write_log
+
+    (tmp_path / "checkpoint.tmp1234.npz").write_bytes(b"partial")
+    (tmp_path / "last.tmp99.h5").write_bytes(b"partial")
+    (tmp_path / "notes.txt").write_text("kept")
+    assert remove_stale_temporaries(tmp_path) == ["checkpoint.tmp1234.npz", "last.tmp99.h5"]
+    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+    history = {"loss": [3.0, 2.5], "val_loss": [3.5, 2.75]}
+    save_checkpoint(tmp_path / "checkpoint.npz", [np.ones((2, 3), np.float32)], [np.int64(7)],
+                    {"epoch": 2, "history": history})
+    weights, opt, state = load_checkpoint(tmp_path / "checkpoint.npz")
+    np.testing.assert_array_equal(weights[0], np.ones((2, 3)))
+    assert int(opt[0]) == 7 and state["history"] == history
+    write_log(history, tmp_path / "log.csv")
+    with open(tmp_path / "log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["epoch"], float(r["loss"]), float(r["val_loss"])) for r in rows] == [("0", 3.0, 3.5),
+                                                                                    ("1", 2.5, 2.75)]
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 truncated")
+    from ssd300.errors import UserError
+
+    with pytest.raises(UserError, match="bad.npz: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.npz")

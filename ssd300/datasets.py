@@ -1,0 +1,94 @@
+"""Finding and reading a training dataset, and splitting it into training and validation parts.
+
+A dataset is anything with ``data`` (``{image key: (N, 4 + C)}`` normalised
+boxes and one-hot classes without the background, as
+``XML_preprocessor.data``), ``classes`` and ``annotations`` (pixel boxes
+for evaluation); :class:`TrainingData` adds the image folder and the split.
+"""
+
+import os
+from dataclasses import dataclass
+
+from .errors import UserError
+from .voc import XML_preprocessor, random_split, read_split
+
+VOC_LAYOUT = """Expected a PASCAL VOC folder:
+  {root}/
+    Annotations/*.xml
+    JPEGImages/*.jpg
+    ImageSets/Main/trainval.txt (and test.txt for evaluation)
+
+Download VOC2007 (about 900 MB):
+  wget http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtrainval_06-Nov-2007.tar
+  wget http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar
+  tar xf VOCtrainval_06-Nov-2007.tar && tar xf VOCtest_06-Nov-2007.tar
+then run: python ssd_training.py --voc-root VOCdevkit/VOC2007
+Or try the whole path on generated data: python ssd_training.py --demo"""
+
+
+@dataclass
+class TrainingData:
+    """A dataset split for training.
+
+    Attributes:
+        dataset: the reader (``XML_preprocessor`` or a COCO dataset).
+        image_dir: the folder the keys of ``dataset.data`` are relative to.
+        train_keys, val_keys: image keys of each part.
+    """
+
+    dataset: object
+    image_dir: str
+    train_keys: list
+    val_keys: list
+
+    @property
+    def classes(self):
+        return tuple(self.dataset.classes)
+
+
+def check_voc_root(root, split):
+    """Raise :class:`UserError` with the expected layout unless ``root`` is VOC-shaped."""
+    needed = ["Annotations", "JPEGImages"]
+    if split != "all":
+        needed.append(os.path.join("ImageSets", "Main", f"{split}.txt"))
+    missing = [p for p in needed if not os.path.exists(os.path.join(root, p))]
+    if missing:
+        what = "does not exist" if not os.path.isdir(root) else f"lacks {', '.join(missing)}"
+        raise UserError(f"{root} {what}.\n\n" + VOC_LAYOUT.format(root=root))
+
+
+def read_voc(root, split, classes=None, skip_difficult=False, on_error="raise"):
+    """The ``XML_preprocessor`` of a VOC folder's split (``"all"``: every annotation file).
+
+    Raises:
+        UserError: the folder is not VOC-shaped; ``AnnotationError`` (a
+            ``UserError``) for a bad annotation.
+    """
+    check_voc_root(root, split)
+    ids = None if split == "all" else read_split(root, split)
+    return XML_preprocessor(os.path.join(root, "Annotations"), classes=classes, ids=ids,
+                            skip_difficult=skip_difficult, on_error=on_error)
+
+
+def split_for_training(dataset, image_dir, val_fraction, seed, source):
+    """Hold out ``val_fraction`` of the images (at least one) for validation.
+
+    Raises:
+        UserError: fewer than 2 images.
+    """
+    keys = sorted(dataset.data)
+    if len(keys) < 2:
+        raise UserError(f"{source}: {len(keys)} images with annotations; need at least 2")
+    train_keys, val_keys = random_split(keys, 1 - val_fraction, seed=seed)
+    if not val_keys:
+        train_keys, val_keys = train_keys[:-1], train_keys[-1:]
+    return TrainingData(dataset, image_dir, train_keys, val_keys)
+
+
+def load_training_data(config):
+    """The dataset that a :class:`ssd300.training.TrainConfig` names, split for training."""
+    on_error = "warn" if config.skip_bad_annotations else "raise"
+    dataset = read_voc(config.voc_root, config.split, config.classes, config.skip_difficult, on_error)
+    return split_for_training(dataset, os.path.join(config.voc_root, "JPEGImages"),
+                              config.val_fraction, config.seed,
+                              f"{config.voc_root} (split {config.split!r})")

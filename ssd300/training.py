@@ -1,0 +1,337 @@
+"""Training SSD300: a :class:`TrainConfig` and :func:`fit`.
+
+Two recipes are presets of the configuration (:data:`RECIPES`):
+
+* ``original`` (the defaults), the originals' notebook: Adam, learning rate
+  3e-4 decayed by 0.9 per epoch, batch 16, 30 epochs, ``neg_pos_ratio`` 2.0,
+  the layers up to ``conv3_3`` frozen, the originals' augmentation.
+* ``paper``, the SSD paper's VOC2007 schedule: SGD with momentum 0.9 and
+  weight decay 5e-4, learning rate 1e-3 divided by 10 after 2/3 and 5/6 of
+  the epochs (40k and 50k of 60k iterations at batch 32), per-image 3:1 hard
+  negative mining, the paper's augmentation.
+
+Outputs, in ``config.out``: ``best.h5`` and ``last.h5`` (weights by layer
+name, Keras 2 layout), ``checkpoint.npz`` (weights, optimizer state and run
+state, for ``resume``), ``log.csv``, ``loss.png``, optionally
+``tensorboard/``. Every file is written to a temporary name and renamed.
+
+Example:
+
+>>> from ssd300.training import RECIPES, fit
+>>> import dataclasses
+>>> config = dataclasses.replace(RECIPES["original"], voc_root="VOCdevkit/VOC2007", epochs=2)
+>>> result = fit(config)  # doctest: +SKIP
+"""
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import keras
+
+from .callbacks import Checkpointer, DataEpoch, ProgressBar, StopOnNaN, TimeLimit, save_last
+from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries
+from .datasets import load_training_data
+from .errors import UserError
+from .generator import SSDDataset
+from .layout import num_classes_with_background
+from .priors import priors_from_model
+from .ssd_training import MultiboxLoss
+from .ssd_utils import BBoxUtility
+from .ssd_v2 import SSD300v2
+from .weights import load_vgg16_weights, load_weights_by_name
+
+ORIGINAL_FROZEN = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; the defaults are the originals' recipe.
+
+    Data: ``voc_root`` (a PASCAL VOC folder), ``split`` (an
+    ``ImageSets/Main`` list, or ``"all"`` for every annotation file as the
+    originals did), ``val_fraction`` held out for validation, ``classes``
+    (``None``: the dataset's ``classes.txt``, else the 20 VOC classes),
+    ``skip_bad_images`` / ``skip_bad_annotations`` (warn and skip instead of
+    stopping), ``skip_difficult``.
+
+    Model: ``input_size`` (height and width), ``weights`` (an HDF5 file loaded
+    by layer name, ``"vgg16"`` for ImageNet VGG16, or ``None``), ``freeze``
+    (layer names), ``mixed_precision`` (``None``, ``"float16"`` or
+    ``"bfloat16"``).
+
+    Optimisation: ``optimizer`` (``"adam"`` or ``"sgd"``: momentum 0.9,
+    weight decay 5e-4), ``lr``, ``schedule`` (``"exp0.9"``: ``lr * 0.9 **
+    epoch``; ``"steps"``: divided by 10 after 2/3 and 5/6 of the epochs;
+    ``"constant"``), ``clipnorm``, ``epochs``, ``batch_size``,
+    ``steps_per_epoch`` (``None``: every training image once), ``time_limit``
+    (minutes), ``neg_pos_ratio``, ``per_image_mining``, ``augment``
+    (``"original"``, ``"paper"`` or ``None``).
+
+    Run: ``out`` folder, ``resume`` from its checkpoint, ``tensorboard``,
+    ``workers`` (data-loading threads, or processes with
+    ``multiprocessing``), ``seed``, ``jit_compile`` (Keras's; ``"auto"``
+    lets Keras choose), ``progress`` (a bar with the ETA).
+    """
+
+    voc_root: str = "VOCdevkit/VOC2007"
+    split: str = "trainval"
+    val_fraction: float = 0.1
+    classes: tuple | None = None
+    skip_bad_images: bool = False
+    skip_bad_annotations: bool = False
+    skip_difficult: bool = False
+
+    input_size: int = 300
+    weights: str | None = None
+    freeze: tuple = ORIGINAL_FROZEN
+    mixed_precision: str | None = None
+
+    optimizer: str = "adam"
+    lr: float = 3e-4
+    schedule: str = "exp0.9"
+    clipnorm: float | None = None
+    epochs: int = 30
+    batch_size: int = 16
+    steps_per_epoch: int | None = None
+    time_limit: float | None = None
+    neg_pos_ratio: float = 2.0
+    per_image_mining: bool = False
+    augment: str | None = "original"
+
+    out: str = "runs/ssd300"
+    resume: bool = False
+    tensorboard: bool = False
+    workers: int = 2
+    multiprocessing: bool = False
+    seed: int = 0
+    jit_compile: object = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "input_size"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"{name.replace('_', '-')} must be a positive integer, "
+                                f"got {getattr(self, name)}")
+        if self.input_size < 32:
+            raise UserError(f"input-size must be at least 32 (SSD300's five poolings), got {self.input_size}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise UserError(f"steps-per-epoch must be positive, got {self.steps_per_epoch}")
+        if self.workers < 1:
+            raise UserError(f"workers must be at least 1, got {self.workers}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
+        if not self.lr > 0:
+            raise UserError(f"lr must be positive, got {self.lr}")
+        checks = {"optimizer": ("adam", "sgd"), "schedule": ("exp0.9", "steps", "constant"),
+                  "augment": ("original", "paper", None), "mixed_precision": (None, "float16", "bfloat16")}
+        for name, allowed in checks.items():
+            if getattr(self, name) not in allowed:
+                raise UserError(f"{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
+
+
+#: The recipes, as presets: ``dataclasses.replace(RECIPES["paper"], epochs=10)``.
+RECIPES = {
+    "original": TrainConfig(),
+    "paper": TrainConfig(optimizer="sgd", lr=1e-3, schedule="steps", epochs=380, batch_size=32,
+                         neg_pos_ratio=3.0, per_image_mining=True, augment="paper", freeze=()),
+}
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did.
+
+    Attributes:
+        status: ``"done"``, ``"nan"`` (stopped on a non-finite loss),
+            ``"interrupted"`` (Ctrl-C; a checkpoint was saved) or
+            ``"up_to_date"`` (the checkpoint had all epochs already).
+        epochs: epochs completed (from the start of the run, resumes included).
+        best_val_loss: the best validation loss, or ``None``.
+        message: one line for the user.
+        history: ``{metric: [value per epoch]}``.
+        classes: the class names of the model's labels ``1 .. C``.
+    """
+
+    status: str
+    epochs: int
+    best_val_loss: float | None
+    message: str
+    history: dict = field(default_factory=dict)
+    classes: tuple = ()
+
+
+def learning_rate(config, epoch):
+    """The learning rate of ``epoch`` (0-based) under ``config.schedule``."""
+    if config.schedule == "constant":
+        return config.lr
+    if config.schedule == "exp0.9":
+        return config.lr * 0.9 ** epoch
+    return config.lr * 0.1 ** ((epoch >= config.epochs * 2 / 3) + (epoch >= config.epochs * 5 / 6))
+
+
+def make_optimizer(config):
+    """Adam, or the paper's SGD (momentum 0.9, weight decay 5e-4); ``clipnorm`` if set."""
+    clip = {"clipnorm": config.clipnorm} if config.clipnorm else {}
+    if config.optimizer == "adam":
+        return keras.optimizers.Adam(config.lr, **clip)
+    return keras.optimizers.SGD(config.lr, momentum=0.9, weight_decay=5e-4, **clip)
+
+
+def build_model(config, num_classes):
+    """SSD300 at ``config.input_size`` under ``config.mixed_precision``, the global policy left as it was."""
+    previous = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        keras.mixed_precision.set_global_policy(f"mixed_{config.mixed_precision}")
+    try:
+        return SSD300v2((config.input_size, config.input_size, 3), num_classes=num_classes)
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
+def load_initial_weights(model, weights):
+    """Load ``weights`` (a file by layer name, or ``"vgg16"``); returns the report, or ``None``."""
+    if not weights:
+        return None
+    return load_vgg16_weights(model) if weights == "vgg16" else load_weights_by_name(model, weights)
+
+
+def freeze_layers(model, names):
+    """Make the named layers untrainable.
+
+    Raises:
+        UserError: the model has no layer of that name.
+    """
+    for name in names:
+        try:
+            model.get_layer(name).trainable = False
+        except ValueError:
+            raise UserError(f"--freeze: the model has no layer {name!r}") from None
+
+
+def read_resume_state(config, classes):
+    """``(weights, optimizer_values, state)`` of ``config.out``'s checkpoint, checked against the run."""
+    path = os.path.join(config.out, CHECKPOINT)
+    weights, optimizer_values, state = load_checkpoint(path)
+    if state.get("classes") != list(classes) or state.get("input_size") != config.input_size:
+        raise UserError(f"{path}: trained for classes {state.get('classes')} at size "
+                        f"{state.get('input_size')}, not {list(classes)} at {config.input_size}")
+    return weights, optimizer_values, state
+
+
+def restore_optimizer(model, values, path):
+    """Set the compiled optimizer's variables (the step count included) from a checkpoint."""
+    optimizer = model.optimizer  # mixed float16 wraps it in a LossScaleOptimizer
+    optimizer.build(model.trainable_variables)
+    if len(optimizer.variables) != len(values):
+        raise UserError(f"{path}: optimizer state does not match (--optimizer, --freeze or "
+                        "--mixed-precision changed since it was written)")
+    for variable, value in zip(optimizer.variables, values):
+        variable.assign(value)
+
+
+def make_callbacks(config, state, initial_epoch, train_data):
+    callbacks = [
+        DataEpoch(train_data),
+        keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(config, epoch)),
+        StopOnNaN(state),
+        Checkpointer(config.out, state),
+    ]
+    if config.time_limit:
+        callbacks.append(TimeLimit(config.time_limit))
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.out, "tensorboard")))
+    if config.progress:
+        callbacks.append(ProgressBar(initial_epoch))
+    return callbacks
+
+
+def fit(config):
+    """Train SSD300 as ``config`` says.
+
+    Args:
+        config: a :class:`TrainConfig`.
+
+    Returns:
+        :class:`FitResult`.
+
+    Raises:
+        UserError: a bad dataset, weights file, checkpoint or option (the
+            message names the file and the problem).
+    """
+    keras.utils.set_random_seed(config.seed)
+    data = load_training_data(config)
+    num_classes = num_classes_with_background(data.classes)
+    os.makedirs(config.out, exist_ok=True)
+    for name in remove_stale_temporaries(config.out):
+        print(f"removed {name}, left by an interrupted run")
+    checkpoint_path = os.path.join(config.out, CHECKPOINT)
+    state = {"epoch": 0, "classes": list(data.classes), "input_size": config.input_size}
+    resume = read_resume_state(config, data.classes) if config.resume else None
+    if resume:
+        state = resume[2]
+
+    model = build_model(config, num_classes)
+    if resume:
+        model.set_weights(resume[0])
+    else:
+        report = load_initial_weights(model, config.weights)
+        if report is not None:
+            print(f"initial weights from {config.weights}: {report}")
+    freeze_layers(model, config.freeze)
+
+    bbox_util = BBoxUtility(num_classes, priors_from_model(model))
+    size = (config.input_size, config.input_size)
+    loading = dict(skip_bad_images=config.skip_bad_images, workers=config.workers,
+                   use_multiprocessing=config.multiprocessing)
+    train_data = SSDDataset(data.dataset.data, bbox_util, data.image_dir, data.train_keys, size,
+                            config.batch_size, train=True, augment=config.augment, seed=config.seed,
+                            **loading)
+    val_data = SSDDataset(data.dataset.data, bbox_util, data.image_dir, data.val_keys, size,
+                          config.batch_size, train=False, **loading)
+    loss = MultiboxLoss(num_classes, neg_pos_ratio=config.neg_pos_ratio,
+                        per_image_mining=config.per_image_mining)
+    model.compile(optimizer=make_optimizer(config), loss=loss.compute_loss, jit_compile=config.jit_compile)
+
+    start_epoch = state["epoch"]
+    if resume:
+        restore_optimizer(model, resume[1], checkpoint_path)
+        print(f"resuming from {checkpoint_path} after epoch {start_epoch}")
+    print(f"training on {len(data.train_keys)} images, validating on {len(data.val_keys)}; "
+          f"{num_classes - 1} classes; {config.optimizer} lr {config.lr} ({config.schedule}), "
+          f"batch {config.batch_size}, neg_pos_ratio {config.neg_pos_ratio}, augment {config.augment}")
+    if start_epoch >= config.epochs:
+        return _result("up_to_date", state, data.classes,
+                       f"already trained {start_epoch} of {config.epochs} epochs")
+    try:
+        # shuffle=False: SSDDataset shuffles by (seed, epoch); Keras would reorder the
+        # batches with Python's global random state, which a resumed run cannot restore.
+        model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=start_epoch,
+                  steps_per_epoch=config.steps_per_epoch, shuffle=False,
+                  callbacks=make_callbacks(config, state, start_epoch, train_data), verbose=0)
+    except KeyboardInterrupt:
+        save_last(model, config.out, state)
+        return _result("interrupted", state, data.classes,
+                       f"interrupted: saved {checkpoint_path} (epoch {state['epoch']}); "
+                       "continue with --resume")
+    if state.get("nan"):
+        good = (f"the weights of epoch {state['epoch']} are in {os.path.join(config.out, 'last.h5')}"
+                if state["epoch"] else "no epoch had finished")
+        return _result("nan", state, data.classes,
+                       f"training stopped: {state['nan']}; {good}. Try a lower --lr.")
+    best = state.get("best")
+    return _result("done", state, data.classes,
+                   f"done: {state['epoch']} epochs; best validation loss "
+                   f"{best if best is None else round(best, 4)}; weights in {config.out}")
+
+
+def _result(status, state, classes, message):
+    return FitResult(status, state["epoch"], state.get("best"), message,
+                     dict(state.get("history", {})), tuple(classes))
+
+
+def recipe(name, **overrides):
+    """``RECIPES[name]`` with ``overrides``; unknown names raise :class:`UserError`."""
+    if name not in RECIPES:
+        raise UserError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}")
+    return dataclasses.replace(RECIPES[name], **overrides)
