@@ -1,7 +1,8 @@
 """``ssd300 COMMAND`` (also ``python -m ssd300``): the library's command line; all parsing lives here.
 
 Commands: ``train`` (``python ssd_training.py`` is ``ssd300 train``),
-``demo``, ``evaluate`` (VOC mAP), ``detect`` (draw detections), ``info``
+``demo``, ``evaluate`` (VOC mAP; COCO metrics too on COCO datasets),
+``detect`` (draw detections), ``convert`` (VOC XML <-> COCO JSON), ``info``
 (model summary), ``priors`` (write the prior boxes), ``synth`` (a synthetic
 VOC-format dataset).
 
@@ -69,7 +70,17 @@ def add_training_options(p, dataset=True):
     """
     given = argparse.SUPPRESS
     if dataset:
-        p.add_argument("--voc-root", default=given, help="VOC dataset folder (default: VOCdevkit/VOC2007)")
+        p.add_argument("--voc-root", default=given,
+                       help="VOC dataset folder (default: VOCdevkit/VOC2007); a COCO/Roboflow export "
+                            "folder is recognised too")
+        p.add_argument("--coco-json", default=given,
+                       help="train on a COCO JSON file (with --images), or a COCO dataset folder "
+                            "(Roboflow export: train/ valid/ test/, each with _annotations.coco.json)")
+        p.add_argument("--images", default=given,
+                       help="the image folder of --coco-json (default: the JSON file's folder)")
+        p.add_argument("--classes", type=_class_list, default=given,
+                       help="classes.txt fixing the class order (default: the dataset's classes.txt, "
+                            "the COCO categories with boxes in id order, else the 20 VOC classes)")
         p.add_argument("--split", default=given,
                        help="ImageSets/Main list to train on, or 'all' for every annotation file as the "
                             "originals did (with --val-fraction 0.3 for their 70/30 split) "
@@ -120,7 +131,7 @@ _CONVERT = {
     "mixed_precision": lambda v: None if v == "off" else v,
     "freeze": lambda v: tuple(name for name in v.split(",") if name),
 }
-_NOT_CONFIG = {"command", "func", "recipe", "demo", "demo_images", "demo_minutes", "images"}
+_NOT_CONFIG = {"command", "func", "recipe", "demo", "demo_images", "demo_minutes", "demo_pictures"}
 
 
 def training_config(args, base=None):
@@ -152,12 +163,24 @@ def _cmd_demo(args):
     config = training_config(args, base=DEMO)
     if getattr(args, "demo_minutes", None) and "time_limit" not in vars(args):
         config = dataclasses.replace(config, time_limit=args.demo_minutes)
-    images = getattr(args, "demo_images", None) or getattr(args, "images", None) or DEMO_IMAGES
+    images = getattr(args, "demo_images", None) or getattr(args, "demo_pictures", None) or DEMO_IMAGES
     result, summary = run_demo(config, images=images)
     if summary is None:
         return _exit_status(result)
     print("\n" + describe(summary, config.out))
     return 0
+
+
+def _class_list(path):
+    """``--classes FILE``: the names, one per line."""
+    from .voc import read_classes_file
+
+    try:
+        return read_classes_file(path)
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"{path}: cannot read class list ({e.strerror})") from None
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _classes(classes_file, voc_root=None):
@@ -222,6 +245,10 @@ def _cmd_synth(args):
 
 
 def _cmd_evaluate(args):
+    if args.coco_json:
+        return _evaluate_coco(args)
+    if not args.voc_root:
+        raise UserError("evaluate needs --voc-root or --coco-json")
     from .datasets import read_voc
     from .evaluation import format_ap_table, write_devkit_results
 
@@ -233,6 +260,43 @@ def _cmd_evaluate(args):
     print(format_ap_table(result, classes))
     files = write_devkit_results(by_id, classes, args.out, prefix=f"comp4_det_{args.split}_")
     print(f"devkit result files: {os.path.dirname(files[0])}/comp4_det_{args.split}_<class>.txt")
+    return 0
+
+
+def _evaluate_coco(args):
+    from .coco import load_coco
+    from .coco_eval import evaluate_dataset, format_coco_table
+    from .datasets import coco_source
+    from .evaluation import format_ap_table
+
+    annotation_file, images = coco_source(args.coco_json, args.images, args.split)
+    classes = _classes(args.classes) if args.classes else None
+    dataset = load_coco(annotation_file, images, classes=classes, keep_empty=True)
+    detector = _detector(args, dataset.classes)
+    results = args.results_json or os.path.join(args.out, "detections.coco.json")
+    os.makedirs(os.path.dirname(results) or ".", exist_ok=True)
+    _, voc, coco = evaluate_dataset(detector, dataset, batch_size=args.batch_size,
+                                    use_07_metric=not args.voc2010_metric, results_json=results,
+                                    progress=True)
+    print(format_ap_table(voc, dataset.classes))
+    print("\nCOCO metrics (pycocotools):")
+    print(format_coco_table(coco))
+    print(f"COCO results JSON: {results}")
+    return 0
+
+
+def _cmd_convert(args):
+    from .convert import coco_root_to_voc, coco_to_voc, voc_to_coco
+
+    classes = _classes(args.classes) if args.classes else None
+    if args.direction == "voc2coco":
+        counts = voc_to_coco(args.source, args.out, classes=classes, split=args.split)
+    elif os.path.isdir(args.source):
+        counts = coco_root_to_voc(args.source, args.out, classes=classes, link=args.link)
+    else:
+        counts = coco_to_voc(args.source, args.images or os.path.dirname(os.path.abspath(args.source)), args.out, classes=classes,
+                             split=args.split or "train", link=args.link)
+    print(f"wrote {args.out}: {counts}")
     return 0
 
 
@@ -281,7 +345,8 @@ def build_parser(prog="ssd300"):
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="generate a synthetic dataset, train on it, evaluate, draw detections")
-    p.add_argument("--images", type=_positive_int, default=400, help="synthetic pictures (default: 400)")
+    p.add_argument("--images", dest="demo_pictures", type=_positive_int, default=400,
+                   help="synthetic pictures (default: 400)")
     add_training_options(p, dataset=False)
     p.set_defaults(func=_cmd_demo)
 
@@ -308,14 +373,29 @@ def build_parser(prog="ssd300"):
         p.add_argument("--input-size", type=_positive_int, default=300)
         p.add_argument("--confidence", type=_fraction, default=0.01, help="detection_out confidence threshold")
 
-    p = sub.add_parser("evaluate", help="VOC mAP of a model on a dataset split")
+    p = sub.add_parser("evaluate", help="VOC mAP (and COCO metrics for COCO datasets) of a model")
     model_options(p)
-    p.add_argument("--voc-root", required=True)
-    p.add_argument("--split", default="test")
+    p.add_argument("--voc-root", help="a VOC folder")
+    p.add_argument("--coco-json", help="a COCO JSON file (with --images), or a COCO/Roboflow dataset folder")
+    p.add_argument("--images", help="the image folder of --coco-json (default: the JSON file's folder)")
+    p.add_argument("--results-json", help="COCO results file to write (default: OUT/detections.coco.json)")
+    p.add_argument("--split", default="test", help="(default: test; a Roboflow folder has train/valid/test)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--voc2010-metric", action="store_true", help="area under the curve, not 11-point")
     p.add_argument("--out", default="results", help="folder for the devkit result files")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("convert", help="convert a dataset between VOC XML and COCO JSON")
+    p.add_argument("direction", choices=("voc2coco", "coco2voc"))
+    p.add_argument("source", help="voc2coco: a VOC folder; coco2voc: a COCO JSON file or a Roboflow folder")
+    p.add_argument("out", help="voc2coco: the JSON file to write; coco2voc: the VOC folder to create")
+    p.add_argument("--images", help="coco2voc: the image folder of the JSON file (default: its folder)")
+    p.add_argument("--split", help="voc2coco: an ImageSets/Main list (default: every annotation); "
+                                   "coco2voc: the split list to write (default: train)")
+    p.add_argument("--classes", help="classes.txt fixing the class order")
+    p.add_argument("--link", choices=("hardlink", "copy", "symlink"), default="hardlink",
+                   help="coco2voc: how images go into JPEGImages (default: hardlink, else copy)")
+    p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("detect", help="draw detections on pictures")
     model_options(p)

@@ -9,6 +9,7 @@ for evaluation); :class:`TrainingData` adds the image folder and the split.
 import os
 from dataclasses import dataclass
 
+from .coco import find_coco_split, is_coco_root, load_coco
 from .errors import UserError
 from .voc import XML_preprocessor, random_split, read_split
 
@@ -85,9 +86,37 @@ def split_for_training(dataset, image_dir, val_fraction, seed, source):
     return TrainingData(dataset, image_dir, train_keys, val_keys)
 
 
+def coco_source(path, images=None, split="train"):
+    """``(annotation_file, image_dir)`` of a COCO JSON file, or of a split of a COCO dataset folder.
+
+    Args:
+        path: a COCO JSON file, or a folder in Roboflow's export layout
+            (``train/``, ``valid/``, ``test/``, each with
+            ``_annotations.coco.json`` and its images) or COCO's own.
+        images: the image folder of a JSON file (default: the file's folder).
+        split: the split of a folder; VOC's ``trainval`` means ``train``.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return find_coco_split(path, "train" if split == "trainval" else split)
+    return path, images
+
+
 def load_training_data(config):
-    """The dataset that a :class:`ssd300.training.TrainConfig` names, split for training."""
+    """The dataset that a :class:`ssd300.training.TrainConfig` names, split for training.
+
+    ``config.coco_json`` (a file, or a COCO dataset folder) is read with
+    :func:`ssd300.coco.load_coco`; a ``voc_root`` that is a COCO dataset
+    folder (a Roboflow export) too; otherwise the VOC folder's split.
+    """
     on_error = "warn" if config.skip_bad_annotations else "raise"
+    coco = config.coco_json or (config.voc_root if is_coco_root(config.voc_root) else None)
+    if coco:
+        annotation_file, images = coco_source(coco, config.images, config.split)
+        dataset = load_coco(annotation_file, images, classes=config.classes, on_error=on_error,
+                            skip_difficult=config.skip_difficult)
+        return split_for_training(dataset, dataset.image_dir, config.val_fraction, config.seed,
+                                  annotation_file)
     dataset = read_voc(config.voc_root, config.split, config.classes, config.skip_difficult, on_error)
     return split_for_training(dataset, os.path.join(config.voc_root, "JPEGImages"),
                               config.val_fraction, config.seed,

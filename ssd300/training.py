@@ -48,9 +48,11 @@ ORIGINAL_FROZEN = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3
 class TrainConfig:
     """Everything a training run needs; the defaults are the originals' recipe.
 
-    Data: ``voc_root`` (a PASCAL VOC folder), ``split`` (an
-    ``ImageSets/Main`` list, or ``"all"`` for every annotation file as the
-    originals did), ``val_fraction`` held out for validation, ``classes``
+    Data: ``voc_root`` (a PASCAL VOC folder), or ``coco_json`` (a COCO JSON
+    file with its ``images`` folder, or a COCO/Roboflow dataset folder),
+    ``split`` (an ``ImageSets/Main`` list, or ``"all"`` for every annotation
+    file as the originals did; a COCO folder's split, ``trainval`` meaning
+    ``train``), ``val_fraction`` held out for validation, ``classes``
     (``None``: the dataset's ``classes.txt``, else the 20 VOC classes),
     ``skip_bad_images`` / ``skip_bad_annotations`` (warn and skip instead of
     stopping), ``skip_difficult``.
@@ -75,6 +77,8 @@ class TrainConfig:
     """
 
     voc_root: str = "VOCdevkit/VOC2007"
+    coco_json: str | None = None
+    images: str | None = None
     split: str = "trainval"
     val_fraction: float = 0.1
     classes: tuple | None = None

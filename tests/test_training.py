@@ -1,4 +1,4 @@
-"""The training script: learning, --resume, bad datasets, weights; and the CLI commands."""
+"""Training (ssd300.training.fit through ssd_training.py): learning, exact --resume, NaN, Ctrl-C, bad datasets."""
 
 import csv
 import json
@@ -143,67 +143,6 @@ def test_vgg16_weights_map_onto_the_base(monkeypatch):
 
     with pytest.raises(WeightFileError, match="could not get the ImageNet VGG16 weights"):
         load_vgg16_weights(model)
-
-
-@pytest.fixture(scope="module")
-def trained_weights(tmp_path_factory):
-    from ssd300 import SSD300
-    from ssd300.weights import save_weights_by_name
-
-    path = tmp_path_factory.mktemp("w") / "w.h5"
-    save_weights_by_name(SSD300((SIZE, SIZE, 3), num_classes=5), path)
-    return path
-
-
-def cli(*args):
-    return subprocess.run([sys.executable, "-m", "ssd300", *map(str, args)], capture_output=True,
-                          text=True, cwd=ROOT)
-
-
-@pytest.mark.slow
-def test_detect_writes_pictures_and_json(dataset, trained_weights, tmp_path):
-    (tmp_path / "classes.txt").write_text("circle\nsquare\ntriangle\ncross\n")
-    (tmp_path / "corrupt.jpg").write_bytes(b"garbage")
-    images = [f"{dataset}/JPEGImages/000001.jpg", f"{dataset}/JPEGImages/000002.jpg", tmp_path / "corrupt.jpg"]
-    result = cli("detect", "--weights", trained_weights, "--classes", tmp_path / "classes.txt",
-                 "--input-size", SIZE, "--min-score", 0.0, "--out", tmp_path / "out", *images)
-    assert result.returncode == 1, result.stderr
-    assert "corrupt.jpg: not a readable image" in result.stderr and "Traceback" not in result.stderr
-    assert sorted(os.listdir(tmp_path / "out")) == ["000001.png", "000002.png", "detections.json"]
-    report = json.loads((tmp_path / "out" / "detections.json").read_text())
-    assert len(report) == 2
-    for dets in report.values():
-        for d in dets:
-            assert d["class"] in ("circle", "square", "triangle", "cross") and len(d["box"]) == 4
-    missing = cli("detect", "--weights", tmp_path / "nope.h5", images[0])
-    assert missing.returncode == 2 and "nope.h5: weights file not found" in missing.stderr
-    assert "Traceback" not in missing.stderr
-
-
-@pytest.mark.slow
-def test_evaluate_command(dataset, trained_weights, tmp_path):
-    result = cli("evaluate", "--weights", trained_weights, "--voc-root", dataset, "--split", "test",
-                 "--input-size", SIZE, "--out", tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "mAP" in result.stdout
-    files = sorted(os.listdir(tmp_path))
-    assert files == [f"comp4_det_test_{c}.txt" for c in sorted(("circle", "square", "triangle", "cross"))]
-    bad = cli("evaluate", "--weights", trained_weights, "--voc-root", tmp_path / "none")
-    assert bad.returncode == 2 and "Expected a PASCAL VOC folder" in bad.stderr
-
-
-def test_priors_and_info_commands(tmp_path):
-    from ssd300.priors import load_priors
-
-    result = cli("priors", tmp_path / "p.pkl")
-    assert result.returncode == 0, result.stderr
-    np.testing.assert_array_equal(load_priors(tmp_path / "p.pkl"), load_priors(ROOT / "prior_boxes_ssd300.pkl"))
-    info = cli("info")
-    assert info.returncode == 0 and "parameters: 25,765,497" in info.stdout and "priors: 7308" in info.stdout
-    synth = cli("synth", tmp_path / "s", "--images", 3)
-    assert synth.returncode == 0 and (tmp_path / "s" / "Annotations" / "000003.xml").is_file()
-    again = cli("synth", tmp_path / "s", "--images", 3)
-    assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
 
 
 @pytest.mark.slow
