@@ -183,11 +183,14 @@ def _class_list(path):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _classes(classes_file, voc_root=None):
+def _classes(classes_file, voc_root=None, weights=None):
+    """``--classes FILE``, else ``classes.txt`` beside the weights (training writes it), else the
+    dataset's, else the 20 VOC classes."""
     from .voc import VOC_CLASSES, read_classes_file
 
-    if not classes_file and voc_root and os.path.isfile(os.path.join(voc_root, "classes.txt")):
-        classes_file = os.path.join(voc_root, "classes.txt")
+    for folder in (os.path.dirname(os.path.abspath(weights)) if weights else None, voc_root):
+        if not classes_file and folder and os.path.isfile(os.path.join(folder, "classes.txt")):
+            classes_file = os.path.join(folder, "classes.txt")
     if not classes_file:
         return VOC_CLASSES
     try:
@@ -252,7 +255,7 @@ def _cmd_evaluate(args):
     from .datasets import read_voc
     from .evaluation import format_ap_table, write_devkit_results
 
-    classes = _classes(args.classes, args.voc_root)
+    classes = _classes(args.classes, args.voc_root, args.weights)
     dataset = read_voc(args.voc_root, args.split, classes)
     detector = _detector(args, classes)
     by_id, result = detector.evaluate_voc(args.voc_root, dataset, args.batch_size,
@@ -270,7 +273,8 @@ def _evaluate_coco(args):
     from .evaluation import format_ap_table
 
     annotation_file, images = coco_source(args.coco_json, args.images, args.split)
-    classes = _classes(args.classes) if args.classes else None
+    beside = os.path.join(os.path.dirname(os.path.abspath(args.weights)), "classes.txt")
+    classes = _classes(args.classes, weights=args.weights) if args.classes or os.path.isfile(beside) else None
     dataset = load_coco(annotation_file, images, classes=classes, keep_empty=True)
     detector = _detector(args, dataset.classes)
     results = args.results_json or os.path.join(args.out, "detections.coco.json")
@@ -305,7 +309,7 @@ def _cmd_detect(args):
     from .image_io import ImageError, open_rgb
     from .visualize import draw_detections, save_atomic
 
-    classes = _classes(args.classes)
+    classes = _classes(args.classes, weights=args.weights)
     detector = _detector(args, classes)
     os.makedirs(args.out, exist_ok=True)
     report, failed = {}, 0
@@ -369,7 +373,8 @@ def build_parser(prog="ssd300"):
 
     def model_options(p):
         p.add_argument("--weights", required=True, help="HDF5 weights (by layer name)")
-        p.add_argument("--classes", help="classes.txt (default: the dataset's, else the 20 VOC classes)")
+        p.add_argument("--classes", help="classes.txt (default: the one beside --weights, which training "
+                                          "writes, else the dataset's, else the 20 VOC classes)")
         p.add_argument("--input-size", type=_positive_int, default=300)
         p.add_argument("--confidence", type=_fraction, default=0.01, help="detection_out confidence threshold")
 

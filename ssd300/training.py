@@ -11,7 +11,7 @@ Two recipes are presets of the configuration (:data:`RECIPES`):
   negative mining, the paper's augmentation.
 
 Outputs, in ``config.out``: ``best.h5`` and ``last.h5`` (weights by layer
-name, Keras 2 layout), ``checkpoint.npz`` (weights, optimizer state and run
+name, Keras 2 layout), ``classes.txt`` (the labels' names), ``checkpoint.npz`` (weights, optimizer state and run
 state, for ``resume``), ``log.csv``, ``loss.png``, optionally
 ``tensorboard/``. Every file is written to a temporary name and renamed.
 
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 import keras
 
+from .atomic import atomic_path
 from .callbacks import Checkpointer, DataEpoch, ProgressBar, StopOnNaN, TimeLimit, save_last
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries
 from .datasets import load_training_data
@@ -270,6 +271,9 @@ def fit(config):
     for name in remove_stale_temporaries(config.out):
         print(f"removed {name}, left by an interrupted run")
     checkpoint_path = os.path.join(config.out, CHECKPOINT)
+    # detect and evaluate read the class names beside the weights.
+    with atomic_path(os.path.join(config.out, "classes.txt")) as tmp, open(tmp, "w", encoding="utf8") as f:
+        f.write("".join(f"{name}\n" for name in data.classes))
     state = {"epoch": 0, "classes": list(data.classes), "input_size": config.input_size}
     resume = read_resume_state(config, data.classes) if config.resume else None
     if resume:

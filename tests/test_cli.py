@@ -162,8 +162,10 @@ def test_train_and_evaluate_on_a_roboflow_export(roboflow_copy, tmp_path, capsys
     state = load_checkpoint(out / "checkpoint.npz")[2]
     assert state["epoch"] == 1 and state["classes"] == list(VOC_CLASSES)
     assert "training on 9 images, validating on 1" in capsys.readouterr().out
+    assert (out / "classes.txt").read_text().split() == list(VOC_CLASSES)
+    # The classes come from classes.txt beside the weights.
     assert main(["evaluate", "--weights", str(out / "last.h5"), "--coco-json", str(roboflow_copy),
-                 "--split", "valid", "--classes", str(tmp_path / "classes.txt"), "--input-size", str(SIZE),
+                 "--split", "valid", "--input-size", str(SIZE),
                  "--out", str(tmp_path / "eval")]) == 0
     printed = capsys.readouterr().out
     assert "mAP" in printed and "AP @[.50:.95]" in printed and "AR max 100" in printed
