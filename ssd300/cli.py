@@ -123,6 +123,24 @@ def add_training_options(p, dataset=True):
                    help="warn and skip unreadable images")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=given,
                    help="no progress bar (one line per epoch)")
+    p.add_argument("--distribute", choices=("data-parallel",), default=given,
+                   help="train on every GPU (every device) of every process: keras.distribution.DataParallel "
+                        "on JAX, tf.distribute.MirroredStrategy on TensorFlow (MultiWorkerMirroredStrategy "
+                        "when TF_CONFIG names several workers). --batch-size is then the global batch, "
+                        "split evenly over the devices (a multiple of their number); each process loads "
+                        "its share. Not on PyTorch: Keras 3.15 has no distribution for it")
+    p.add_argument("--coordinator", default=given,
+                   help="with several processes (JAX): HOST:PORT of process 0 (default: $SSD300_COORDINATOR, "
+                        "$KERAS_DISTRIBUTION_JOB_ADDRESSES, or SLURM's first node)")
+    p.add_argument("--num-processes", type=_positive_int, default=given,
+                   help="processes of the run (default: $SSD300_NUM_PROCESSES, "
+                        "$KERAS_DISTRIBUTION_NUM_PROCESSES, $SLURM_NTASKS, else 1)")
+    p.add_argument("--process-id", type=int, default=given,
+                   help="this process's index, 0 writes the outputs (default: $SSD300_PROCESS_ID, "
+                        "$KERAS_DISTRIBUTION_PROCESS_ID, $SLURM_PROCID, $JOB_COMPLETION_INDEX, else 0)")
+    p.add_argument("--distribute-timeout", type=_positive_float, default=given,
+                   help="seconds to wait for every process to join, and after which a silent process "
+                        "counts as dead and the others stop (default: 120)")
 
 
 # Command-line spellings that differ from the configuration's values.
@@ -307,13 +325,32 @@ def _cmd_convert(args):
 def _cmd_detect(args):
     from .atomic import atomic_path
     from .image_io import ImageError, open_rgb
+    from .video import VideoReadError, detect_video, is_video_path
     from .visualize import draw_detections, save_atomic
 
+    if not args.images and args.camera is None:
+        raise UserError("detect needs pictures or videos, or --camera N")
     classes = _classes(args.classes, weights=args.weights)
     detector = _detector(args, classes)
     os.makedirs(args.out, exist_ok=True)
+    video_options = dict(every=args.every, show=args.show, min_score=args.min_score,
+                         start_frame=args.start_frame, max_frames=args.max_frames)
     report, failed = {}, 0
-    for path in args.images:
+    sources = [args.camera] if args.camera is not None else []
+    for source in sources + [p for p in args.images if is_video_path(p)]:
+        stem = f"camera{source}" if isinstance(source, int) else os.path.splitext(os.path.basename(source))[0]
+        out_video, out_jsonl = (os.path.join(args.out, f"{stem}{ext}") for ext in (".mp4", ".jsonl"))
+        batch = args.batch_size or (1 if isinstance(source, int) else 8)
+        try:
+            result = detect_video(detector, source, out_video, out_jsonl, batch_size=batch, **video_options)
+        except VideoReadError as e:
+            print(f"error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        stopped = " (interrupted; outputs kept)" if getattr(result, "interrupted", False) else ""
+        print(f"{source}: {result.frames} frames, detector on {result.processed} -> {out_video}, "
+              f"{out_jsonl}{stopped}")
+    for path in (p for p in args.images if not is_video_path(p)):
         try:
             image = open_rgb(path)
         except ImageError as e:
@@ -328,8 +365,9 @@ def _cmd_detect(args):
         report[path] = [{"label": int(d[0]), "class": classes[int(d[0]) - 1], "score": float(d[1]),
                          "box": [float(v) for v in d[2:6]]} for d in det]
         print(f"{path}: {len(det)} detections -> {picture}")
-    with atomic_path(os.path.join(args.out, "detections.json")) as tmp, open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
+    if report:
+        with atomic_path(os.path.join(args.out, "detections.json")) as tmp, open(tmp, "w") as f:
+            json.dump(report, f, indent=2)
     return 1 if failed else 0
 
 
@@ -402,11 +440,25 @@ def build_parser(prog="ssd300"):
                    help="coco2voc: how images go into JPEGImages (default: hardlink, else copy)")
     p.set_defaults(func=_cmd_convert)
 
-    p = sub.add_parser("detect", help="draw detections on pictures")
+    p = sub.add_parser("detect", help="draw detections on pictures, videos or a camera",
+                       description="Pictures give OUT/<name>.png and OUT/detections.json (boxes in pixels). "
+                                   "Videos (and --camera N) give OUT/<name>.mp4, the annotated video at the "
+                                   "input's size and frame rate (MPEG-4 Part 2 'mp4v', what pip's OpenCV "
+                                   "writes), and OUT/<name>.jsonl, one line per processed frame: frame number, "
+                                   "time stamp, boxes in pixels, labels, scores. Videos need the video extra: "
+                                   "pip install 'ssd300[video]'.")
     model_options(p)
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="*", metavar="PICTURE_OR_VIDEO")
     p.add_argument("--out", default="detections")
     p.add_argument("--min-score", type=_fraction, default=0.5, help="draw detections scored at least this")
+    p.add_argument("--camera", type=int, help="read camera N (until Ctrl-C, q in the window, or --max-frames)")
+    p.add_argument("--show", action="store_true", help="show the video in a window where a display exists")
+    p.add_argument("--every", type=_positive_int, default=1,
+                   help="run the model on every N-th frame; the frames between show the last boxes (default 1)")
+    p.add_argument("--batch-size", type=_positive_int,
+                   help="frames per model call (default: 8 for files, 1 for a camera)")
+    p.add_argument("--start-frame", type=int, default=0, help="first frame of a video (default 0)")
+    p.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
     p.set_defaults(func=_cmd_detect)
     return parser
 

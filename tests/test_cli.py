@@ -185,3 +185,23 @@ def test_convert_round_trip_through_the_cli(dataset, tmp_path):
     for key in before.data:
         np.testing.assert_allclose(before.data[key], after.data[key], atol=1e-12)
     assert main(["convert", "voc2coco", str(tmp_path / "none"), str(tmp_path / "x.json")]) == 2
+
+
+@pytest.mark.slow
+def test_detect_on_a_video_and_pictures_together(dataset, trained_weights, tmp_path, capsys):
+    pytest.importorskip("cv2")
+    from ssd300.video import write_synthetic_video
+
+    video = tmp_path / "clip.avi"
+    write_synthetic_video(video, frames=6, size=(160, 120), fps=12.0, seed=1)
+    (tmp_path / "classes.txt").write_text("circle\nsquare\ntriangle\ncross\n")
+    out = tmp_path / "out"
+    assert main(["detect", "--weights", str(trained_weights), "--classes", str(tmp_path / "classes.txt"),
+                 "--input-size", str(SIZE), "--min-score", "0", "--every", "2", "--out", str(out),
+                 str(video), f"{dataset}/JPEGImages/000001.jpg"]) == 0
+    assert sorted(os.listdir(out)) == ["000001.png", "clip.jsonl", "clip.mp4", "detections.json"]
+    lines = [json.loads(line) for line in (out / "clip.jsonl").read_text().splitlines()]
+    assert [r["frame"] for r in lines] == [0, 2, 4]
+    assert "clip.avi: 6 frames, detector on 3" in capsys.readouterr().out
+    assert main(["detect", "--weights", str(trained_weights), "--out", str(out)]) == 2
+    assert "detect needs pictures or videos" in capsys.readouterr().err
