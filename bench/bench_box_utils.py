@@ -3,7 +3,10 @@
 Run: .venv/bin/python bench/bench_box_utils.py
 Prints the time per call of each and the ratio; pinned to one core. Also
 prints what writing ``assign_boxes``'s dense output alone costs, which bounds
-its ratio.
+its ratio, and the ``DecodeDetections`` layer (detection_out in keras.ops) on
+the same predictions: as Keras runs it on the backend (``KERAS_BACKEND``;
+TensorFlow: a graph, which is what ``predict`` uses on a CPU, and XLA; JAX:
+jit; PyTorch: eager), and exported, in onnxruntime and LiteRT when installed.
 """
 
 import os
@@ -66,6 +69,78 @@ def main():
     print(f"detection_out, batch of 8, {candidates:.0f} candidates per image above 0.01")
     print(f"  {new * 1e3:7.2f} ms per batch ({new / 8 * 1e3:.2f} ms per image)  "
           f"restatement {old * 1e3:7.1f} ms  ratio {old / new:6.1f}x")
+    bench_decode_layer(util, preds)
+
+
+def decode_layer_runners(preds):
+    """``{name: callable}`` running DecodeDetections on ``preds``, each returning NumPy arrays."""
+    import keras
+
+    from ssd300.decode_detections import DecodeDetections
+
+    layer = DecodeDetections()
+    runners = {}
+    backend = keras.config.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        # One core: one thread per pool, as onnxruntime and LiteRT below.
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        x = tf.constant(preds)
+        for name, jit in (("graph", False), ("XLA", True)):
+            fn = tf.function(layer, jit_compile=jit)
+            runners[f"tensorflow {name}"] = lambda fn=fn: {k: v.numpy() for k, v in fn(x).items()}
+    elif backend == "jax":
+        import jax
+
+        fn = jax.jit(layer)
+        runners["jax jit"] = lambda: {k: np.asarray(v) for k, v in fn(preds).items()}
+    else:
+        runners[f"{backend} eager"] = lambda: {k: keras.ops.convert_to_numpy(v)
+                                               for k, v in layer(preds).items()}
+    if backend == "tensorflow":
+        import tempfile
+
+        from ssd300.export import OUTPUT_NAMES, export_detector
+
+        inputs = keras.Input(preds.shape[1:], name="predictions")
+        model = keras.Model(inputs, layer(inputs))
+        folder = tempfile.mkdtemp()
+        for format, suffix in (("onnx", ".onnx"), ("litert", ".tflite")):
+            try:
+                path = export_detector(model, os.path.join(folder, "decoder" + suffix), format)
+                if format == "onnx":
+                    import onnxruntime
+
+                    options = onnxruntime.SessionOptions()
+                    options.intra_op_num_threads = options.inter_op_num_threads = 1  # one core
+                    session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+                    run = lambda session=session: dict(zip(  # noqa: E731
+                        [o.name for o in session.get_outputs()], session.run(None, {"predictions": preds})))
+                    runners["exported, onnxruntime"] = run
+                else:
+                    from ai_edge_litert.interpreter import Interpreter
+
+                    runner = Interpreter(model_path=path, num_threads=1).get_signature_runner()
+                    runners["exported, LiteRT"] = lambda runner=runner: runner(predictions=preds)
+            except Exception as e:  # a runtime or converter not installed: say so, go on
+                print(f"  ({format}: not measured, {type(e).__name__}: {e})")
+        runners = {k: (lambda run=run: {n: np.asarray(v) for n, v in run().items() if n in OUTPUT_NAMES})
+                   for k, run in runners.items()}
+    return runners
+
+
+def bench_decode_layer(util, preds):
+    expected = util.detection_out(preds)
+    print("DecodeDetections (the same detections as a Keras layer), same predictions")
+    for name, run in decode_layer_runners(preds).items():
+        out = run()
+        same = all(len(e) == n for e, n in zip(expected, out["num_detections"]))
+        t = per_call(run, 5)
+        ref = per_call(lambda: util.detection_out(preds), 5)
+        print(f"  {name:28s} {t * 1e3:7.2f} ms per batch  detection_out {ref * 1e3:6.2f} ms  "
+              f"ratio {t / ref:5.2f}x{'' if same else '  (DIFFERENT DETECTIONS)'}")
 
 
 if __name__ == "__main__":
