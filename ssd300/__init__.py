@@ -19,6 +19,15 @@ __version__ = "0.1.0"
 # Public name -> module that defines it.
 _EXPORTS = {
     "BBoxUtility": "ssd_utils",
+    "CaffePreprocess": "inference",
+    "DecodeDetections": "decode_detections",
+    "DilatedConv2D": "ssd_layers",
+    "OnnxDetector": "onnx_runtime",
+    "VideoTest": "video",
+    "check_export": "export",
+    "detect_video": "video",
+    "export_detector": "export",
+    "inference_model": "inference",
     "Generator": "generator",
     "MultiboxLoss": "ssd_training",
     "Normalize": "ssd_layers",
@@ -41,7 +50,7 @@ _EXPORTS = {
     "save_priors": "priors",
 }
 # Modules whose import registers Keras serializable layers.
-_LAYER_MODULES = ("ssd_layers",)
+_LAYER_MODULES = ("ssd_layers", "decode_detections", "inference")
 
 __all__ = sorted(_EXPORTS)
 

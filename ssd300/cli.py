@@ -2,7 +2,7 @@
 
 Commands: ``train`` (``python ssd_training.py`` is ``ssd300 train``),
 ``demo``, ``evaluate`` (VOC mAP; COCO metrics too on COCO datasets),
-``detect`` (draw detections), ``convert`` (VOC XML <-> COCO JSON), ``info``
+``detect`` (draw detections), ``export`` (ONNX, SavedModel, LiteRT), ``convert`` (VOC XML <-> COCO JSON), ``info``
 (model summary), ``priors`` (write the prior boxes), ``synth`` (a synthetic
 VOC-format dataset).
 
@@ -217,8 +217,8 @@ def _classes(classes_file, voc_root=None, weights=None):
         raise UserError(f"{classes_file}: cannot read class list ({e.strerror})") from None
 
 
-def _detector(args, classes):
-    from .detect import Detector
+def _model(args, classes):
+    """SSD300 for ``classes`` at ``--input-size`` with ``--weights`` loaded by layer name."""
     from .layout import num_classes_with_background
     from .ssd_v2 import SSD300v2
     from .weights import load_weights_by_name
@@ -230,7 +230,47 @@ def _detector(args, classes):
     if report.missing:
         print(f"warning: {args.weights} lacks {', '.join(report.missing)} (left untrained)",
               file=sys.stderr)
-    return Detector(model, classes, confidence_threshold=args.confidence)
+    return model
+
+
+def _detector(args, classes):
+    """The Keras detector of ``--weights``, or with ``--model FILE.onnx`` onnxruntime's (no Keras)."""
+    if getattr(args, "model", None):
+        from .onnx_runtime import OnnxDetector
+
+        detector = OnnxDetector(args.model)
+        detector.classes = tuple(classes)
+        return detector
+    from .detect import Detector
+
+    return Detector(_model(args, classes), classes, confidence_threshold=args.confidence)
+
+
+def _cmd_export(args):
+    import numpy as np
+
+    from .export import check_export, export_detector
+    from .image_io import load_image, resize
+    from .inference import inference_model
+
+    if args.num_classes and args.classes:
+        raise UserError("give --num-classes or --classes, not both")
+    classes = (tuple(f"class{i}" for i in range(1, args.num_classes)) if args.num_classes
+               else _classes(args.classes, weights=args.weights))
+    model = _model(args, classes)
+    options = dict(confidence_threshold=args.confidence, nms_thresh=args.nms_thresh, top_k=args.top_k,
+                   keep_top_k=args.keep_top_k)
+    path = export_detector(model, args.out, args.format, **options)
+    print(f"wrote {path} ({args.format}): uint8 RGB images (batch, {args.input_size}, {args.input_size}, 3) "
+          "in; boxes (batch, K, 4) normalised xmin, ymin, xmax, ymax, scores (batch, K), classes "
+          "(batch, K) (1 .. C, -1 for padding) and num_detections (batch,) out")
+    if args.check:
+        images = np.stack([resize(load_image(p), (args.input_size, args.input_size)) for p in args.check])
+        check_export(args.out, args.format, images, inference_model(model, **options))
+        print(f"checked on {len(args.check)} pictures: the same detections as the Keras model")
+    if args.format == "onnx":
+        print(f"run it without Keras: ssd300 detect --model {args.out} --classes CLASSES.txt PICTURES")
+    return 0
 
 
 def _cmd_info(args):
@@ -330,7 +370,9 @@ def _cmd_detect(args):
 
     if not args.images and args.camera is None:
         raise UserError("detect needs pictures or videos, or --camera N")
-    classes = _classes(args.classes, weights=args.weights)
+    if bool(args.weights) == bool(args.model):
+        raise UserError("detect needs --weights FILE.h5 or --model FILE.onnx (one of them)")
+    classes = _classes(args.classes, weights=args.weights or args.model)
     detector = _detector(args, classes)
     os.makedirs(args.out, exist_ok=True)
     video_options = dict(every=args.every, show=args.show, min_score=args.min_score,
@@ -409,8 +451,8 @@ def build_parser(prog="ssd300"):
     p.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     p.set_defaults(func=_cmd_synth)
 
-    def model_options(p):
-        p.add_argument("--weights", required=True, help="HDF5 weights (by layer name)")
+    def model_options(p, required=True):
+        p.add_argument("--weights", required=required, help="HDF5 weights (by layer name)")
         p.add_argument("--classes", help="classes.txt (default: the one beside --weights, which training "
                                           "writes, else the dataset's, else the 20 VOC classes)")
         p.add_argument("--input-size", type=_positive_int, default=300)
@@ -440,6 +482,25 @@ def build_parser(prog="ssd300"):
                    help="coco2voc: how images go into JPEGImages (default: hardlink, else copy)")
     p.set_defaults(func=_cmd_convert)
 
+    p = sub.add_parser("export", help="write the whole detector (preprocessing, network, NMS) as ONNX, "
+                                      "a TensorFlow SavedModel or LiteRT",
+                       description="Write the detector (uint8 RGB in; Caffe preprocessing, SSD300, box decoding and "
+                       "per-class NMS inside; fixed-size boxes, scores, classes and num_detections out), "
+                       "with a dynamic batch size. Every format exports from the TensorFlow backend "
+                       "(KERAS_BACKEND=tensorflow, the default); Keras 3.15 cannot export this model's "
+                       "NMS loop from JAX or PyTorch. The weights do not depend on the backend.")
+    model_options(p)
+    p.add_argument("--num-classes", type=_positive_int, help="classes with the background, instead of --classes")
+    p.add_argument("--format", required=True, choices=("onnx", "tf_saved_model", "litert"))
+    p.add_argument("--out", required=True, help="a .onnx / .tflite file, or the SavedModel folder")
+    p.add_argument("--nms-thresh", type=_fraction, default=0.45)
+    p.add_argument("--top-k", type=_positive_int, default=400, help="detections kept per class by NMS")
+    p.add_argument("--keep-top-k", type=_positive_int, default=200, help="detections kept per image")
+    p.add_argument("--check", nargs="+", metavar="PICTURE",
+                   help="run the exported file with its own runtime on these pictures and compare it "
+                        "with the Keras model")
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("detect", help="draw detections on pictures, videos or a camera",
                        description="Pictures give OUT/<name>.png and OUT/detections.json (boxes in pixels). "
                                    "Videos (and --camera N) give OUT/<name>.mp4, the annotated video at the "
@@ -447,7 +508,9 @@ def build_parser(prog="ssd300"):
                                    "writes), and OUT/<name>.jsonl, one line per processed frame: frame number, "
                                    "time stamp, boxes in pixels, labels, scores. Videos need the video extra: "
                                    "pip install 'ssd300[video]'.")
-    model_options(p)
+    model_options(p, required=False)
+    p.add_argument("--model", help="an exported .onnx detector, run with onnxruntime instead of --weights "
+                                   "(no Keras needed; classes from --classes or classes.txt beside it)")
     p.add_argument("images", nargs="*", metavar="PICTURE_OR_VIDEO")
     p.add_argument("--out", default="detections")
     p.add_argument("--min-score", type=_fraction, default=0.5, help="draw detections scored at least this")

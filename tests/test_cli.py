@@ -205,3 +205,41 @@ def test_detect_on_a_video_and_pictures_together(dataset, trained_weights, tmp_p
     assert "clip.avi: 6 frames, detector on 3" in capsys.readouterr().out
     assert main(["detect", "--weights", str(trained_weights), "--out", str(out)]) == 2
     assert "detect needs pictures or videos" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_export_onnx_and_detect_with_it_without_keras_weights(tmp_path, capsys):
+    """export -> detect --model gives detect --weights's boxes (a peaked 64x64 model, 3 classes)."""
+    pytest.importorskip("onnxruntime")
+    from ssd300 import SSD300
+    from ssd300.weights import save_weights_by_name
+
+    model = SSD300((64, 64, 3), num_classes=4)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if "mbox_conf" in layer.name and layer.weights:
+            kernel, bias = layer.get_weights()
+            bias = rng.normal(0, 3, size=bias.shape).astype(bias.dtype)
+            layer.set_weights([kernel * 0.01, bias])
+    weights = tmp_path / "w.h5"
+    save_weights_by_name(model, weights)
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    onnx = tmp_path / "ssd.onnx"
+    pics = [str(ROOT / "pics" / "cat.jpg"), str(ROOT / "pics" / "boys.jpg")]
+    assert main(["export", "--weights", str(weights), "--input-size", "64", "--format", "onnx",
+                 "--out", str(onnx), "--check", *pics]) == 0
+    assert "checked on 2 pictures" in capsys.readouterr().out
+    assert main(["detect", "--weights", str(weights), "--input-size", "64", "--min-score", "0.05",
+                 "--out", str(tmp_path / "keras"), *pics]) == 0
+    assert main(["detect", "--model", str(onnx), "--classes", str(tmp_path / "classes.txt"),
+                 "--min-score", "0.05", "--out", str(tmp_path / "onnx"), *pics]) == 0
+    keras_report = json.loads((tmp_path / "keras" / "detections.json").read_text())
+    onnx_report = json.loads((tmp_path / "onnx" / "detections.json").read_text())
+    for path in pics:
+        a, b = keras_report[path], onnx_report[path]
+        assert a and len(a) == len(b)
+        assert [d["label"] for d in a] == [d["label"] for d in b]
+        np.testing.assert_allclose([d["score"] for d in a], [d["score"] for d in b], atol=1e-4)
+        np.testing.assert_allclose([d["box"] for d in a], [d["box"] for d in b], atol=1e-2)
+    assert main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "x.onnx"),
+                 "--num-classes", "4", "--classes", str(tmp_path / "classes.txt")]) == 2
