@@ -1,7 +1,9 @@
 """PASCAL VOC annotations: parsing XML safely, class lists, and the ImageSets splits."""
 
+import math
 import os
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,9 +56,36 @@ def _text(node, tag, path, what):
 def _number(node, tag, path, what):
     value = _text(node, tag, path, what)
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         raise AnnotationError(f"{path}: <{tag}> in {what} is not a number: {value!r}") from None
+    # float() accepts "nan", "inf" and "1e999"; none is a pixel coordinate or size.
+    if not math.isfinite(number):
+        raise AnnotationError(f"{path}: <{tag}> in {what} is not a finite number: {value!r}")
+    return number
+
+
+def image_path_problem(name):
+    """Why an image file name from an annotation would not stay inside its image folder.
+
+    A name is used relative to the image folder (``JPEGImages``), so it must
+    not be absolute (``/x``, ``\\x``, ``C:x``) nor climb out with ``..``.
+    Sub-folders (``sub/x.jpg``) are allowed.
+
+    Args:
+        name: the file name as written in the annotation.
+
+    Returns:
+        ``None`` for a usable name, else a short reason.
+    """
+    if "\0" in name:
+        return f"file name {name!r} contains a NUL character"
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
+        return f"file name {name!r} is an absolute path; it must be relative to the image folder"
+    if ".." in parts:
+        return f"file name {name!r} points outside the image folder"
+    return None
 
 
 def parse_annotation(path, classes=VOC_CLASSES, on_error="raise"):
@@ -70,10 +99,17 @@ def parse_annotation(path, classes=VOC_CLASSES, on_error="raise"):
         classes: class names; label ``i + 1`` is ``classes[i]``.
         on_error: ``"raise"`` an :class:`AnnotationError` for a bad object, or
             ``"warn"`` and leave that object out. A file-level problem (bad
-            XML, missing or zero size) always raises.
+            XML, missing, zero or non-finite size, a ``<filename>`` that
+            leaves the image folder) always raises.
 
     Returns:
         :class:`Annotation`.
+
+    Raises:
+        AnnotationError: naming the file and the problem: unsafe or
+            malformed XML, a missing or non-positive ``<size>``, a
+            coordinate that is not a finite number, an unknown class, an
+            empty box or one outside the image (unless ``on_error="warn"``).
     """
     path = os.fspath(path)
     try:
@@ -90,11 +126,17 @@ def parse_annotation(path, classes=VOC_CLASSES, on_error="raise"):
         raise AnnotationError(f"{path}: missing <size>")
     width = _number(size, "width", path, "<size>")
     height = _number(size, "height", path, "<size>")
-    if width <= 0 or height <= 0:
+    # Sizes are pixel counts; some tools write "500.0". Rounded here, so that
+    # the boxes are checked against the size that later normalises them.
+    if round(width) < 1 or round(height) < 1:
         raise AnnotationError(f"{path}: image size must be positive, got {width:g}x{height:g}")
+    width, height = int(round(width)), int(round(height))
     filename_node = root.find("filename")
     if filename_node is not None and filename_node.text and filename_node.text.strip():
         filename = filename_node.text.strip()
+        problem = image_path_problem(filename)
+        if problem:
+            raise AnnotationError(f"{path}: <filename>: {problem}")
     else:
         filename = os.path.splitext(os.path.basename(path))[0] + ".jpg"
 
@@ -127,18 +169,46 @@ def parse_annotation(path, classes=VOC_CLASSES, on_error="raise"):
         boxes.append(box)
         labels.append(class_index[name])
         difficult.append(diff is not None and (diff.text or "0").strip() == "1")
-    return Annotation(filename, int(width), int(height),
+    return Annotation(filename, width, height,
                       np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
                       np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool))
 
 
+def _read_lines(path, what):
+    """The stripped non-empty lines of a UTF-8 text file; :class:`AnnotationError` naming it otherwise."""
+    try:
+        with open(path, encoding="utf8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except UnicodeDecodeError as e:
+        raise AnnotationError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read {what} ({e.strerror})") from None
+
+
+def check_classes(classes, source="class list"):
+    """``classes`` as a tuple of names; repeated or empty lists raise :class:`AnnotationError`.
+
+    A repeated name would give one class two labels, and the annotations
+    would use only one of them.
+    """
+    classes = tuple(classes)
+    if not classes:
+        raise AnnotationError(f"{source}: no class names")
+    repeated = [name for name, count in Counter(classes).items() if count > 1]
+    if repeated:
+        raise AnnotationError(f"{source}: class names repeated: {', '.join(map(repr, repeated))}")
+    return classes
+
+
 def read_classes_file(path):
-    """Class names, one per line, from a ``classes.txt``."""
-    with open(path, encoding="utf8") as f:
-        names = [line.strip() for line in f if line.strip()]
-    if not names:
-        raise AnnotationError(f"{path}: no class names")
-    return tuple(names)
+    """Class names, one per line, from a ``classes.txt``.
+
+    Raises:
+        AnnotationError: the file is missing, unreadable, not UTF-8, empty,
+            or repeats a name.
+    """
+    path = os.fspath(path)
+    return check_classes(_read_lines(path, "class list"), path)
 
 
 class XML_preprocessor:  # noqa: N801  (the original's name)
@@ -153,7 +223,11 @@ class XML_preprocessor:  # noqa: N801  (the original's name)
         skip_difficult: leave objects marked ``difficult`` out of ``data``
             (the original kept them; evaluation wants them, see
             :attr:`difficult`).
-        on_error: ``"raise"`` or ``"warn"``, see :func:`parse_annotation`.
+        on_error: ``"raise"`` an :class:`AnnotationError` for the first
+            problem, or ``"warn"``, leave the bad object out (see
+            :func:`parse_annotation`) and a file that cannot be used at all
+            (bad XML, a missing file named in ``ids``, a bad size or file
+            name, an image already annotated by another file) too.
         progress: show a progress bar; ``None`` shows one for more than 1000
             files.
         ids: only these annotation ids (file names without ``.xml``), e.g.
@@ -169,6 +243,12 @@ class XML_preprocessor:  # noqa: N801  (the original's name)
         annotations: ``{image file name: Annotation}`` with all objects.
         classes: the class names used.
         num_classes: ``len(classes)`` (without background).
+        skipped: ``{annotation file: reason}`` of the files left out under
+            ``on_error="warn"``.
+
+    Raises:
+        AnnotationError: the folder is missing; a bad annotation file (under
+            ``on_error="raise"``); two files annotating the same image.
     """
 
     def __init__(self, data_path, classes=None, skip_difficult=False, on_error="raise",
@@ -179,13 +259,16 @@ class XML_preprocessor:  # noqa: N801  (the original's name)
         if classes is None:
             beside = os.path.join(os.path.dirname(os.path.normpath(self.path_prefix)), "classes.txt")
             classes = read_classes_file(beside) if os.path.isfile(beside) else VOC_CLASSES
-        self.classes = tuple(classes)
+        if on_error not in ("raise", "warn"):
+            raise ValueError(f"on_error must be 'raise' or 'warn', got {on_error!r}")
+        self.classes = check_classes(classes)
         self.num_classes = len(self.classes)
         self.skip_difficult = skip_difficult
         self.on_error = on_error
         self.data = {}
         self.difficult = {}
         self.annotations = {}
+        self.skipped = {}
         self._preprocess_XML(progress, ids)
 
     def _preprocess_XML(self, progress, ids):  # noqa: N802  (the original's name)
@@ -200,8 +283,22 @@ class XML_preprocessor:  # noqa: N801  (the original's name)
 
             names = tqdm(names, desc="annotations", unit="file")
         eye = np.eye(self.num_classes)
+        source = {}  # image file name -> the annotation file that gave it
         for name in names:
-            ann = parse_annotation(os.path.join(self.path_prefix, name), self.classes, self.on_error)
+            path = os.path.join(self.path_prefix, name)
+            try:
+                ann = parse_annotation(path, self.classes, self.on_error)
+                if ann.filename in source:
+                    # The second file would silently replace the first one's boxes.
+                    raise AnnotationError(f"{path}: annotates image {ann.filename!r}, as "
+                                          f"{source[ann.filename]} does")
+            except AnnotationError as e:
+                if self.on_error == "raise":
+                    raise
+                warnings.warn(f"{e}; file skipped", stacklevel=3)
+                self.skipped[path] = str(e)
+                continue
+            source[ann.filename] = path
             keep = ~ann.difficult if self.skip_difficult else np.ones(len(ann.labels), bool)
             scale = np.array([ann.width, ann.height, ann.width, ann.height], dtype=np.float64)
             rows = np.concatenate([ann.boxes[keep] / scale, eye[ann.labels[keep] - 1]], axis=1)
@@ -221,14 +318,34 @@ class XML_preprocessor:  # noqa: N801  (the original's name)
 def read_split(voc_root, split):
     """Image ids listed in ``ImageSets/Main/<split>.txt`` of a VOC folder.
 
+    Only the first word of a line counts (the per-class lists add a flag).
+    An id listed twice is kept once, with a warning: training on it twice
+    would weigh that image double without anyone having asked for it.
+
+    Returns:
+        The ids in file order, each once.
+
     Raises:
-        AnnotationError: the list is missing, naming the path.
+        AnnotationError: naming the path: the list is missing, not UTF-8,
+            empty, or has an id that is not a plain file name (``../x``).
     """
     path = os.path.join(os.fspath(voc_root), "ImageSets", "Main", f"{split}.txt")
     if not os.path.isfile(path):
         raise AnnotationError(f"{path}: split list not found")
-    with open(path, encoding="utf8") as f:
-        return [line.split()[0] for line in f if line.strip()]
+    ids = [line.split()[0] for line in _read_lines(path, "split list")]
+    if not ids:
+        raise AnnotationError(f"{path}: split list is empty")
+    for number, image_id in enumerate(ids, start=1):
+        if any(c in image_id for c in "/\\\0") or image_id in (".", ".."):
+            raise AnnotationError(f"{path}: entry {number} {image_id!r} is not a plain id "
+                                  "(ids name files in Annotations/ and JPEGImages/)")
+    unique = list(dict.fromkeys(ids))
+    if len(unique) < len(ids):
+        repeated = [i for i, count in Counter(ids).items() if count > 1]
+        shown = ", ".join(repeated[:5]) + (", ..." if len(repeated) > 5 else "")
+        warnings.warn(f"{path}: {len(ids) - len(unique)} repeated ids ({shown}) are used once",
+                      stacklevel=2)
+    return unique
 
 
 def random_split(keys, train_fraction=0.7, seed=None):

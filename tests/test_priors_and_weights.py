@@ -103,6 +103,14 @@ def test_keras2_weights_load_by_name(tmp_path, full_model):
         for got, want in zip(target.get_layer(name).get_weights(), layers[name]):
             np.testing.assert_array_equal(got, want)
 
+    # The originals' layout: 21 classes, heads without a suffix.
+    from ssd300.voc import VOC_CLASSES
+    from ssd300.weights import WeightFileError, check_class_count, num_classes_in_file
+
+    assert num_classes_in_file(str(path)) == 21 and check_class_count(str(path), VOC_CLASSES) == 21
+    with pytest.raises(WeightFileError, match="holds class heads for 20 classes"):
+        check_class_count(str(path), VOC_CLASSES[:3])
+
     other = SSD300v2((300, 300, 3), num_classes=4)
     before = other.get_layer("fc7_mbox_conf_4").get_weights()[0].copy()
     report = load_weights_by_name(other, str(path))
@@ -169,3 +177,54 @@ def test_vgg16_layer_map():
 
     m = vgg16_layer_map()
     assert len(m) == 13 and m["block1_conv1"] == "conv1_1" and m["block5_conv3"] == "conv5_3"
+
+
+def ssd_class_heads(num_classes, suffix=True, channels=8):
+    """``{layer: [kernel, bias]}`` of SSD300's six class heads, small input channels."""
+    name = (lambda base: f"{base}_{num_classes}") if suffix else (lambda base: base)
+    heads = {}
+    for source, priors in (("conv4_3_norm", 3), ("fc7", 6), ("conv6_2", 6), ("conv7_2", 6), ("conv8_2", 6)):
+        heads[name(f"{source}_mbox_conf")] = [np.zeros((3, 3, channels, priors * num_classes), "float32"),
+                                              np.zeros(priors * num_classes, "float32")]
+    heads[name("pool6_mbox_conf_flat")] = [np.zeros((channels, 6 * num_classes), "float32"),
+                                           np.zeros(6 * num_classes, "float32")]
+    return heads
+
+
+def test_class_count_is_read_from_the_heads():
+    from ssd300.weights import check_class_count, class_heads_in_file, num_classes_in_file
+
+    # 3 priors per location on conv4_3_norm, 6 elsewhere: 15 and 30 outputs for 5 classes.
+    heads = ssd_class_heads(5)
+    assert class_heads_in_file(heads) == {name: 5 for name in heads}
+    assert num_classes_in_file(heads) == 5 and check_class_count(heads, ("a", "b", "c", "d")) == 5
+    assert num_classes_in_file(ssd_class_heads(21, suffix=False)) == 21
+    assert num_classes_in_file({"conv1_1": [np.zeros((3, 3, 3, 64))]}) is None
+
+
+@pytest.mark.parametrize("layers, message", [
+    ({**ssd_class_heads(5), **ssd_class_heads(3)}, "holds class heads for 3 and 5 classes"),
+    ({k: v for k, v in ssd_class_heads(5).items() if not k.startswith("fc7")},
+     "lacks the class heads fc7_mbox_conf_5 of a 5-class model"),
+    (ssd_class_heads(5, suffix=False), "conv4_3_norm_mbox_conf holds 5 classes, but a head of that name "
+                                       "belongs to a 21-class model"),
+    ({"conv1_1": [np.zeros((3, 3, 3, 64))], "fc7": [np.zeros((1, 1, 8, 8))]},
+     "holds no SSD300 class heads .*layers in the file: conv1_1, fc7"),
+    ({"dense": [np.zeros((4, 3))]}, "holds no layer of SSD300; layers in the file: dense"),
+    ({"fc7_mbox_conf_5": [np.zeros((3, 3, 8, 31))]}, "fc7_mbox_conf_5 has 31 outputs, not a multiple of its 6"),
+])
+def test_files_that_cannot_detect_for_these_classes(layers, message):
+    from ssd300.weights import WeightFileError, check_class_count
+
+    with pytest.raises(WeightFileError, match=rf"^w.h5:? .*{message}"):
+        check_class_count(layers, ("a", "b", "c", "d"), name="w.h5")
+
+
+def test_weight_file_naming_missing_entries(tmp_path):
+    from ssd300.weights import WeightFileError, read_weight_file
+
+    with h5py.File(tmp_path / "broken.h5", "w") as f:
+        f.attrs["layer_names"] = [b"conv1_1", b"conv1_2"]
+        f.create_group("conv1_1").attrs["weight_names"] = [b"conv1_1/kernel:0"]
+    with pytest.raises(WeightFileError, match=r"broken.h5: broken Keras weights file \(KeyError"):
+        read_weight_file(tmp_path / "broken.h5")

@@ -1,5 +1,6 @@
 """VOC annotation parsing: real VOC2007 files, generated XML, and every bad case."""
 
+import re
 import warnings
 
 import numpy as np
@@ -129,3 +130,67 @@ def test_random_split_is_seeded_and_complete():
     train, val = random_split(keys, 0.7, seed=1)
     assert len(train) == 7 and len(val) == 3 and sorted(train + val) == sorted(keys)
     assert random_split(keys, 0.7, seed=1) == (train, val)
+
+
+def test_sizes_are_whole_pixels_and_coordinates_finite(tmp_path):
+    # "500.0" (some tools write floats) is 500 pixels; the boxes are checked against that size.
+    ann = parse_annotation(write(tmp_path, "a.xml", xml(obj(x1="200.0"), width="200.0", height="99.6")))
+    assert (ann.width, ann.height) == (200, 100) and isinstance(ann.width, int)
+    np.testing.assert_array_equal(ann.boxes, [[10, 20, 200, 70]])
+    for bad in ("nan", "inf", "-inf", "1e400"):
+        with pytest.raises(AnnotationError, match=rf"a.xml: <xmax> in object 1 <bndbox> is not a finite "
+                                                  rf"number: '{bad}'"):
+            parse_annotation(write(tmp_path, "a.xml", xml(obj(x1=bad))))
+        with pytest.raises(AnnotationError, match=r"<height> in <size> is not a finite number"):
+            parse_annotation(write(tmp_path, "a.xml", xml(obj(), height=bad)))
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("x.jpg", None), ("sub/x.jpg", None), ("x..jpg", None), ("..x.jpg", None),
+    ("../x.jpg", "points outside"), ("sub/../../x.jpg", "points outside"), ("..", "points outside"),
+    ("..\\x.jpg", "points outside"), ("/etc/passwd", "absolute path"), ("\\\\server\\x.jpg", "absolute path"),
+    ("C:x.jpg", "absolute path"), ("c:\\x.jpg", "absolute path"),
+])
+def test_image_path_problem(name, problem):
+    from ssd300.voc import image_path_problem
+
+    found = image_path_problem(name)
+    assert (found is None) if problem is None else (problem in found and repr(name) in found)
+
+
+def test_image_path_must_stay_in_the_image_folder(tmp_path):
+    with pytest.raises(AnnotationError, match=r"bad.xml: <filename>: file name '../../etc/passwd' points "
+                                              r"outside the image folder"):
+        parse_annotation(write(tmp_path, "bad.xml", xml(obj(), filename="../../etc/passwd")))
+    assert parse_annotation(write(tmp_path, "ok.xml", xml(obj(), filename="sub/a.jpg"))).filename == "sub/a.jpg"
+
+
+def test_files_skipped_under_warn_are_listed(tmp_path):
+    ann = tmp_path / "Annotations"
+    write(ann, "good.xml", xml(obj(), filename="good.jpg"))
+    write(ann, "bad.xml", "<annotation>")
+    with pytest.warns(UserWarning, match="bad.xml: not well-formed XML.*; file skipped"):
+        prep = XML_preprocessor(ann, on_error="warn")
+    assert list(prep.data) == ["good.jpg"] and list(prep.skipped) == [str(ann / "bad.xml")]
+    with pytest.raises(ValueError, match="on_error must be 'raise' or 'warn'"):
+        XML_preprocessor(ann, on_error="ignore")
+    with pytest.raises(AnnotationError, match=r"class list: class names repeated: 'dog'"):
+        XML_preprocessor(ann, classes=("dog", "cat", "dog"))
+
+
+def test_split_lists(tmp_path):
+    main = tmp_path / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    write(main, "dog_test.txt", "000001 -1\n000002  1\n\n000003 0\n")
+    assert read_split(tmp_path, "dog_test") == ["000001", "000002", "000003"]
+    write(main, "twice.txt", "b\na\nb\n")
+    with pytest.warns(UserWarning, match=r"twice.txt: 1 repeated ids \(b\) are used once"):
+        assert read_split(tmp_path, "twice") == ["b", "a"]
+    for text, message in [("a\n../b\n", "entry 2 '../b' is not a plain id"), ("\n \n", "split list is empty"),
+                          ("a\\b\n", "entry 1 'a\\\\b' is not a plain id")]:
+        write(main, "bad.txt", text)
+        with pytest.raises(AnnotationError, match=rf"bad.txt: {re.escape(message)}"):
+            read_split(tmp_path, "bad")
+    (main / "bad.txt").write_bytes(b"\xff\n")
+    with pytest.raises(AnnotationError, match=r"bad.txt: split list is not UTF-8 text"):
+        read_split(tmp_path, "bad")
