@@ -52,6 +52,13 @@ def _positive_float(text):
     return value
 
 
+def _input_size(text):
+    value = _positive_int(text)
+    if value < 32:
+        raise argparse.ArgumentTypeError(f"must be at least 32 (SSD300's five poolings), got {value}")
+    return value
+
+
 def _fraction(text):
     try:
         value = float(text)
@@ -123,10 +130,12 @@ def add_training_options(p, dataset=True):
                    help="warn and skip unreadable images")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=given,
                    help="no progress bar (one line per epoch)")
+    if not dataset:
+        return  # the demo generates its dataset: one process
     p.add_argument("--distribute", choices=("data-parallel",), default=given,
-                   help="train on every GPU (every device) of every process: keras.distribution.DataParallel "
-                        "on JAX, tf.distribute.MirroredStrategy on TensorFlow (MultiWorkerMirroredStrategy "
-                        "when TF_CONFIG names several workers). --batch-size is then the global batch, "
+                   help="train on every GPU (every device): keras.distribution.DataParallel over every "
+                        "process on JAX, tf.distribute.MirroredStrategy in one process on TensorFlow. "
+                        "--batch-size is then the global batch, "
                         "split evenly over the devices (a multiple of their number); each process loads "
                         "its share. Not on PyTorch: Keras 3.15 has no distribution for it")
     p.add_argument("--coordinator", default=given,
@@ -218,19 +227,29 @@ def _classes(classes_file, voc_root=None, weights=None):
 
 
 def _model(args, classes):
-    """SSD300 for ``classes`` at ``--input-size`` with ``--weights`` loaded by layer name."""
-    from .layout import num_classes_with_background
-    from .ssd_v2 import SSD300v2
-    from .weights import load_weights_by_name
+    """SSD300 for ``classes`` at ``--input-size`` with ``--weights`` loaded by layer name.
 
-    model = SSD300v2((args.input_size, args.input_size, 3), num_classes=num_classes_with_background(classes))
-    report = load_weights_by_name(model, args.weights)
-    if not report.loaded:
-        raise UserError(f"{args.weights}: no layer of the model found in the file")
-    if report.missing:
-        print(f"warning: {args.weights} lacks {', '.join(report.missing)} (left untrained)",
-              file=sys.stderr)
+    The class heads must come from the file: weights for another class count
+    are an error that says what the file holds, not a model with untrained heads.
+    """
+    from .ssd_v2 import SSD300v2
+    from .weights import check_class_count, load_weights_by_name, read_weight_file
+
+    layers = read_weight_file(args.weights)
+    num_classes = check_class_count(layers, classes, name=args.weights,
+                                    num_classes_option=args.command == "export")
+    model = SSD300v2((args.input_size, args.input_size, 3), num_classes=num_classes)
+    report = load_weights_by_name(model, layers)
+    if report.missing or report.skipped:
+        raise UserError(f"{args.weights}: lacks {', '.join([*report.missing, *report.skipped])} of the model")
     return model
+
+
+def _output_folder(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{path}: cannot create the output folder ({e.strerror})") from None
 
 
 def _detector(args, classes):
@@ -336,7 +355,7 @@ def _evaluate_coco(args):
     dataset = load_coco(annotation_file, images, classes=classes, keep_empty=True)
     detector = _detector(args, dataset.classes)
     results = args.results_json or os.path.join(args.out, "detections.coco.json")
-    os.makedirs(os.path.dirname(results) or ".", exist_ok=True)
+    _output_folder(os.path.dirname(results) or ".")
     _, voc, coco = evaluate_dataset(detector, dataset, batch_size=args.batch_size,
                                     use_07_metric=not args.voc2010_metric, results_json=results,
                                     progress=True)
@@ -374,7 +393,7 @@ def _cmd_detect(args):
         raise UserError("detect needs --weights FILE.h5 or --model FILE.onnx (one of them)")
     classes = _classes(args.classes, weights=args.weights or args.model)
     detector = _detector(args, classes)
-    os.makedirs(args.out, exist_ok=True)
+    _output_folder(args.out)
     video_options = dict(every=args.every, show=args.show, min_score=args.min_score,
                          start_frame=args.start_frame, max_frames=args.max_frames)
     report, failed = {}, 0
@@ -455,7 +474,7 @@ def build_parser(prog="ssd300"):
         p.add_argument("--weights", required=required, help="HDF5 weights (by layer name)")
         p.add_argument("--classes", help="classes.txt (default: the one beside --weights, which training "
                                           "writes, else the dataset's, else the 20 VOC classes)")
-        p.add_argument("--input-size", type=_positive_int, default=300)
+        p.add_argument("--input-size", type=_input_size, default=300)
         p.add_argument("--confidence", type=_fraction, default=0.01, help="detection_out confidence threshold")
 
     p = sub.add_parser("evaluate", help="VOC mAP (and COCO metrics for COCO datasets) of a model")

@@ -193,7 +193,7 @@ def _flag_column(values):
     if arr is not None and arr.ndim == 1 and arr.dtype.kind in "biu" and len(arr) == len(values):
         return arr.astype(bool), (arr == 0) | (arr == 1)
     ok = np.array([isinstance(v, (bool, int)) and v in (0, 1) for v in values], dtype=bool)
-    return np.array([bool(v) if good else False for v, good in zip(values, ok)]), ok
+    return np.array([bool(v) if good else False for v, good in zip(values, ok)], dtype=bool), ok
 
 
 def _bbox_column(values):
@@ -278,7 +278,8 @@ def _images(raw, path, image_dir, check_images, problems):
             problems.report(what, f"file_name must be a string, got {name!r}")
             continue
         size_ok = (type(width) in (int, float) and type(height) in (int, float)
-                   and 0 < width < math.inf and 0 < height < math.inf)
+                   and 0 < width < math.inf and 0 < height < math.inf
+                   and round(width) >= 1 and round(height) >= 1)
         if not size_ok:
             problems.report(what, f"({name}) width and height must be positive numbers, "
                                   f"got {width!r} x {height!r}")
@@ -405,12 +406,14 @@ def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult):
     inside = (x0 >= -t) & (y0 >= -t) & (x1 <= w + t) & (y1 <= h + t)
     cx0, cy0 = np.clip(x0, 0, w), np.clip(y0, 0, h)
     cx1, cy1 = np.clip(x1, 0, w), np.clip(y1, 0, h)
-    inside &= (cx1 > cx0) & (cy1 > cy0)
+    # The VOC rows are xmin = x + 1 ... xmax = x + width: a box under one
+    # pixel (after clipping) would come out inverted.
+    one_pixel = (cx1 - cx0 >= 1) & (cy1 - cy0 >= 1)
 
     # Classes: names of the categories in use, or the given list.
     known_cat = np.isin(cat_col, np.fromiter(cat_names, dtype=np.int64, count=len(cat_names)))
     valid = (is_dict & image_ok & img_found
-             & cat_ok & known_cat & box_ok & finite & positive & inside & crowd_ok & diff_ok)
+             & cat_ok & known_cat & box_ok & finite & positive & inside & one_pixel & crowd_ok & diff_ok)
     if classes is None:
         used = sorted(set(np.unique(cat_col[valid]).tolist()))
         by_name = {}
@@ -466,6 +469,9 @@ def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult):
         elif not inside[i]:
             problems.report(what, f"bbox {a.get('bbox')!r} lies outside the {w[i]:g}x{h[i]:g} image "
                                   f"{img_names[img_index[i]]}")
+        elif not one_pixel[i]:
+            problems.report(what, f"bbox {a.get('bbox')!r} is under one pixel wide or high inside the "
+                                  f"{w[i]:g}x{h[i]:g} image {img_names[img_index[i]]}")
         elif not crowd_ok[i] or not diff_ok[i]:
             key = "iscrowd" if not crowd_ok[i] else "difficult"
             problems.report(what, f"'{key}' must be 0 or 1, got {a.get(key)!r}")

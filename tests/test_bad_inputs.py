@@ -390,8 +390,6 @@ def test_coco_bad_records_are_skipped_when_asked(tmp_path):
     np.testing.assert_allclose(ds.data["a.jpg"], [[5 / 48, 6 / 40, 24 / 48, 15 / 40, 1]])
 
 
-@pytest.mark.xfail(strict=True, reason="ssd300/coco.py _flag_column returns a float array for an empty "
-                                       "list: a file without annotations raises TypeError (found by the fuzzer)")
 def test_coco_file_without_annotations(tmp_path):
     doc = coco_doc()
     doc["annotations"] = []
@@ -401,9 +399,6 @@ def test_coco_file_without_annotations(tmp_path):
     assert ds.classes == () and ds.data["a.jpg"].shape == (0, 4)
 
 
-@pytest.mark.xfail(strict=True, reason="ssd300/coco.py accepts an image 0.4 pixels wide: its Annotation "
-                                       "is 0 pixels wide and its boxes normalise to 2.5 (found by the fuzzer); "
-                                       "_images must require a size that rounds to at least 1 pixel")
 def test_coco_sub_pixel_image_size(tmp_path):
     doc = coco_doc()
     doc["images"][1].update(width=0.4, height=0.4)
@@ -413,9 +408,6 @@ def test_coco_sub_pixel_image_size(tmp_path):
         load_coco(path)
 
 
-@pytest.mark.xfail(strict=True, reason="ssd300/coco.py turns a box under one pixel wide ([x, y, 0.5, 4]) "
-                                       "into xmin = x + 1 > xmax = x + 0.5; it must reject it as too small "
-                                       "(or widen it to one pixel)")
 def test_coco_sub_pixel_box_is_not_inverted(tmp_path):
     path = write_bytes(tmp_path / "ann.json", json.dumps(_set("annotations", 1, "bbox", [10, 10, 0.5, 4])))
     try:
@@ -427,10 +419,6 @@ def test_coco_sub_pixel_box_is_not_inverted(tmp_path):
     assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
 
 
-@pytest.mark.xfail(strict=True, reason="ssd300/coco.py clips the box to [0, width] before the VOC +1 shift: "
-                                       "a box starting in the last pixel column (48 wide, bbox [47.5, 0, 1.5, "
-                                       "4], within the 1-pixel tolerance) gets xmin 48.5 > xmax 48, "
-                                       "normalised 1.01 (found by the fuzzer)")
 def test_coco_box_in_the_last_pixel_column(tmp_path):
     path = write_bytes(tmp_path / "ann.json", json.dumps(_set("annotations", 1, "bbox", [47.5, 0, 1.5, 4])))
     try:
@@ -577,9 +565,6 @@ def test_class_head_of_the_wrong_width(weights_4_classes):
         num_classes_in_file(layers, name="x.h5")
 
 
-@pytest.mark.xfail(strict=True, reason="ssd300/cli.py _detector must call "
-                                       "weights.check_class_count(layers, classes, name=args.weights) "
-                                       "before building the model (see the report)")
 def test_weights_for_another_class_count_through_detect(weights_4_classes, tmp_path, capsys):
     picture = write_bytes(tmp_path / "p.jpg", _jpeg_bytes())
     status, out, err = run_cli(capsys, "detect", "--weights", weights_4_classes, "--input-size", SIZE,
@@ -676,8 +661,6 @@ def test_training_arguments(voc, tmp_path, capsys, extra, message):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="ssd300/training.py fit() creates --out with a bare os.makedirs: an "
-                                       "OSError traceback; it must raise UserError naming the folder")
 @pytest.mark.parametrize("out", ["/proc/ssd300-run", "FILE/run"], ids=["out-not-writable", "out-under-a-file"])
 def test_training_output_folder(voc, tmp_path, capsys, out):
     write_bytes(tmp_path / "FILE", "a regular file")
@@ -686,8 +669,6 @@ def test_training_output_folder(voc, tmp_path, capsys, out):
     assert status == 2 and f"error: {out}: " in err
 
 
-@pytest.mark.xfail(strict=True, reason="ssd300/cli.py _cmd_detect creates --out with a bare os.makedirs: an "
-                                       "OSError traceback; it must raise UserError naming the folder")
 def test_detect_output_folder_under_a_file(weights_4_classes, tmp_path, capsys):
     picture = write_bytes(tmp_path / "p.jpg", _jpeg_bytes())
     write_bytes(tmp_path / "FILE", "a regular file")
@@ -698,9 +679,6 @@ def test_detect_output_folder_under_a_file(weights_4_classes, tmp_path, capsys):
     assert status == 2 and f"error: {tmp_path / 'FILE' / 'det'}: " in err
 
 
-@pytest.mark.xfail(strict=True, reason="ssd300/cli.py model_options: detect/evaluate accept --input-size 16 "
-                                       "(training refuses sizes under 32) and run a model without usable "
-                                       "feature maps; the option must refuse it")
 def test_detect_input_size_16(weights_4_classes, tmp_path, capsys):
     picture = write_bytes(tmp_path / "p.jpg", _jpeg_bytes())
     write_bytes(tmp_path / "classes.txt", "a\nb\nc\nd\n")
@@ -955,50 +933,10 @@ def coco_files(draw):
     return text
 
 
-def _meets_an_open_coco_bug(text):
-    """Whether ``text`` meets a coco.py bug that an xfail case above records; remove once they are fixed.
-
-    An empty annotation list (``test_coco_file_without_annotations``), an image
-    under one pixel (``test_coco_sub_pixel_image_size``), a box under one pixel
-    (``test_coco_sub_pixel_box_is_not_inverted``), a box starting in the last
-    pixel row or column (``test_coco_box_in_the_last_pixel_column``).
-    """
-    try:
-        doc = json.loads(text)
-    except ValueError:
-        return False
-    if not isinstance(doc, dict):
-        return False
-
-    def records(key):
-        value = doc.get(key)
-        return [r for r in value if isinstance(r, dict)] if isinstance(value, list) else []
-
-    def under_one(value):
-        return type(value) in (int, float) and 0 < value < 1
-
-    def number(value):
-        return type(value) in (int, float)
-
-    sizes = {r["id"]: (r["width"], r["height"]) for r in records("images")
-             if isinstance(r.get("id"), int) and number(r.get("width")) and number(r.get("height"))}
-
-    def in_last_pixel(r):
-        size = sizes.get(r.get("image_id")) if isinstance(r.get("image_id"), int) else None
-        x, y = r["bbox"][:2]
-        return size is not None and number(x) and number(y) and (x > size[0] - 1 or y > size[1] - 1)
-
-    boxes = [r for r in records("annotations") if isinstance(r.get("bbox"), list) and len(r["bbox"]) == 4]
-    return (doc.get("annotations") == []
-            or any(under_one(r.get("width")) or under_one(r.get("height")) for r in records("images"))
-            or any(under_one(r["bbox"][2]) or under_one(r["bbox"][3]) or in_last_pixel(r) for r in boxes))
-
-
 @FUZZ
 @given(text=coco_files(), on_error=st.sampled_from(["raise", "warn"]), check_images=st.booleans(),
        classes=st.sampled_from([None, FUZZ_CLASSES, ("cat",)]), keep_empty=st.booleans())
 def test_fuzz_coco_load(fuzz_dir, text, on_error, check_images, classes, keep_empty):
-    hypothesis.assume(not _meets_an_open_coco_bug(text))
     path = fuzz_dir / "ann.json"
     path.write_text(text)
     images = fuzz_dir / "images"

@@ -19,7 +19,9 @@ SIZE = 96
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return make_synthetic_voc(tmp_path_factory.mktemp("voc") / "VOC", images=12, seed=5, style="simple")
+    from pathlib import Path
+
+    return Path(make_synthetic_voc(tmp_path_factory.mktemp("voc") / "VOC", images=12, seed=5, style="simple"))
 
 
 @pytest.fixture(scope="module")
