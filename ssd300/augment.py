@@ -12,91 +12,189 @@ Two policies:
   random order, PCA lighting noise, flips, random-sized crop).
 * :class:`PaperAugmentation`: the SSD paper's (photometric distortions,
   zoom-out "expand", min-IoU random crop, horizontal flip).
+
+Speed (bench/bench_pipeline.py): the policies draw their random numbers in
+the originals' order, then crop, resize and flip with Pillow on 8-bit pixels,
+run the colour arithmetic on contiguous float32 channel planes ``(3, H, W)``
+(NumPy is slow on the 3-value inner axis of an ``(H, W, 3)`` array), and
+write the result, or directly the network input (``caffe=True``), into a
+slot of the batch. The pixels are those of the step-by-step computation on
+``(H, W, 3)`` arrays: the paper's policy gives the same bytes, the original's
+differs only by the order of float32 sums (luma mean, colour covariance),
+well under 0.1 of a level (tests/test_augment.py).
 """
 
 import numpy as np
 from PIL import Image
 
 from .box_ops import pairwise_iou
-from .image_io import resize
+from .image_io import as_pil, hsv_to_rgb, planes, resize_pil, rgb_to_hsv, write_planes
 
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 #: Fill colour of the zoom-out canvas: the ImageNet mean, RGB.
 MEAN_RGB = (123.68, 116.779, 103.939)
 
 
-# Photometric transforms on float32 RGB images in [0, 255].
+# Photometric transforms on float32 RGB images in [0, 255]. ``axis`` is the
+# channel axis: -1 for an ``(H, W, 3)`` image, 0 for planes ``(3, H, W)``.
+# ``out`` may be the input (in place).
 
-def grayscale(rgb):
-    """Luma ``(H, W)`` of an RGB image."""
+def _per_pixel(values, axis):
+    """``(H, W)`` values broadcast over the channels."""
+    return values[None] if axis == 0 else values[..., None]
+
+
+def grayscale(rgb, axis=-1):
+    """Luma of an RGB image: ``(H, W)``."""
+    if axis == 0:
+        return (GRAY_WEIGHTS @ rgb.reshape(3, -1)).reshape(rgb.shape[1:])
     return rgb @ GRAY_WEIGHTS
 
 
-def adjust_saturation(rgb, alpha):
-    """Blend with the grayscale image: ``alpha * rgb + (1 - alpha) * gray``."""
-    out = rgb * np.float32(alpha)
-    out += (np.float32(1 - alpha) * grayscale(rgb))[..., None]
+def _mean_gray(rgb, axis):
+    if axis == 0:
+        # The mean of the luma from the channel means: one contiguous pass.
+        return GRAY_WEIGHTS @ rgb.reshape(3, -1).mean(axis=1, dtype=np.float32)
+    return grayscale(rgb).mean()
+
+
+def adjust_saturation(rgb, alpha, axis=-1, out=None):
+    """Blend with the grayscale image: ``alpha * rgb + (1 - alpha) * gray``, clipped to [0, 255]."""
+    # Not as one 3 x 3 colour matrix (twice as fast on planes): its rows
+    # would round differently and make a gray picture slightly coloured,
+    # which flips the sign of the lighting noise's principal component.
+    gray = np.float32(1 - alpha) * grayscale(rgb, axis)
+    out = np.multiply(rgb, np.float32(alpha), out=out)
+    out += _per_pixel(gray, axis)
     return np.clip(out, 0, 255, out=out)
 
 
-def adjust_brightness(rgb, alpha):
-    """Scale all values by ``alpha``."""
-    return np.clip(rgb * np.float32(alpha), 0, 255)
-
-
-def adjust_contrast(rgb, alpha):
-    """Blend with the mean gray level: ``alpha * rgb + (1 - alpha) * mean``."""
-    out = rgb * np.float32(alpha)
-    out += np.float32((1 - alpha) * grayscale(rgb).mean())
+def adjust_brightness(rgb, alpha, out=None):
+    """Scale all values by ``alpha``, clipped to [0, 255]."""
+    out = np.multiply(rgb, np.float32(alpha), out=out)
     return np.clip(out, 0, 255, out=out)
 
 
-def lighting_noise(rgb, noise):
+def adjust_contrast(rgb, alpha, axis=-1, out=None):
+    """Blend with the mean gray level: ``alpha * rgb + (1 - alpha) * mean``, clipped to [0, 255]."""
+    shift = np.float32((1 - alpha) * _mean_gray(rgb, axis))
+    out = np.multiply(rgb, np.float32(alpha), out=out)
+    out += shift
+    return np.clip(out, 0, 255, out=out)
+
+
+def _channel_sums(rgb, axis):
+    """``(sums (3,), Gram matrix (3, 3))`` of the pixels, in float64, and their count."""
+    if axis == 0:
+        flat = rgb.reshape(3, -1)
+        # Six dot products of contiguous rows; BLAS's 3 x N by N x 3 product
+        # is 10x slower than this.
+        gram = np.empty((3, 3))
+        for i in range(3):
+            for j in range(i, 3):
+                gram[i, j] = gram[j, i] = np.dot(flat[i], flat[j])
+        return flat.sum(axis=1, dtype=np.float32).astype(np.float64), gram, flat.shape[1]
+    flat = rgb.reshape(-1, 3)
+    n = len(flat)
+    sums = (np.ones(n, np.float32) @ flat).astype(np.float64)
+    return sums, (flat.T @ flat).astype(np.float64), n
+
+
+def lighting_noise(rgb, noise, axis=-1, out=None):
     """AlexNet-style PCA lighting: shift colours along the image's principal components.
 
     Args:
         rgb: float32 image.
         noise: ``(3,)`` weights of the principal components (``randn * std``).
     """
-    flat = rgb.reshape(-1, 3)
-    n = len(flat)
-    # np.cov(rgb / 255) from two BLAS products (sums and Gram matrix); about
-    # 4x faster than np.cov's float64 copies, within 1e-4 relative.
-    mean = (np.ones(n, np.float32) @ flat).astype(np.float64) / n
-    gram = (flat.T @ flat).astype(np.float64)
+    sums, gram, n = _channel_sums(rgb, axis)
+    # np.cov(rgb / 255) from the sums and the Gram matrix (float32 products,
+    # float64 from there): several times faster than np.cov's float64
+    # copies, within 1e-4 relative.
+    mean = sums / n
     cov = (gram - n * np.outer(mean, mean)) / ((n - 1) * 255.0 ** 2)
     eigval, eigvec = np.linalg.eigh(cov)
-    shift = eigvec.dot(eigval * noise) * 255
-    return np.clip(rgb + shift.astype(np.float32), 0, 255)
+    shift = (eigvec.dot(eigval * noise) * 255).astype(np.float32)
+    if axis == 0:
+        shift = shift.reshape((3,) + (1,) * (rgb.ndim - 1))
+    out = np.add(rgb, shift, out=out)
+    return np.clip(out, 0, 255, out=out)
+
+
+def float_table(*steps):
+    """The 256 float32 values ``0 .. 255`` passed through ``steps`` (functions of an array).
+
+    The photometric steps that act on each value alone are computed once per
+    image on this table and looked up, which gives the same float32 numbers
+    as applying them to every pixel.
+    """
+    table = np.arange(256, dtype=np.float32)
+    for step in steps:
+        table = step(table)
+    return table
 
 
 # Geometric transforms.
 
+def flip_boxes(boxes, flip_h, flip_v):
+    """The boxes of the image mirrored left-right and / or top-bottom."""
+    if flip_h or flip_v:
+        boxes = boxes.copy()
+    if flip_h:
+        boxes[:, [0, 2]] = 1 - boxes[:, [2, 0]]
+    if flip_v:
+        boxes[:, [1, 3]] = 1 - boxes[:, [3, 1]]
+    return boxes
+
+
+def flip(img, flip_h, flip_v):
+    """A ``PIL.Image`` mirrored left-right and / or top-bottom."""
+    if flip_h:
+        img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    if flip_v:
+        img = img.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    return img
+
+
 def horizontal_flip(image, boxes):
-    """Mirror left-right."""
-    boxes = boxes.copy()
-    boxes[:, [0, 2]] = 1 - boxes[:, [2, 0]]
-    return image[:, ::-1], boxes
+    """Mirror an ``(H, W, ...)`` array left-right."""
+    return image[:, ::-1], flip_boxes(boxes, True, False)
 
 
 def vertical_flip(image, boxes):
-    """Mirror top-bottom."""
-    boxes = boxes.copy()
-    boxes[:, [1, 3]] = 1 - boxes[:, [3, 1]]
-    return image[::-1], boxes
+    """Mirror an ``(H, W, ...)`` array top-bottom."""
+    return image[::-1], flip_boxes(boxes, False, True)
+
+
+def centres_inside(boxes, rects):
+    """Which box centres lie strictly inside which rectangles: the crops' rule for keeping a box.
+
+    Args:
+        boxes: ``(N, >=4)`` normalised boxes.
+        rects: ``(M, 4)`` normalised rectangles ``xmin, ymin, xmax, ymax``.
+
+    Returns:
+        ``(N, M)`` bool.
+    """
+    cx = (0.5 * (boxes[:, 0] + boxes[:, 2]))[:, None]
+    cy = (0.5 * (boxes[:, 1] + boxes[:, 3]))[:, None]
+    rects = np.asarray(rects, dtype=np.float64)
+    return (rects[:, 0] < cx) & (cx < rects[:, 2]) & (rects[:, 1] < cy) & (cy < rects[:, 3])
+
+
+def crop_rect(x, y, w, h, img_w, img_h):
+    """The pixel rectangle ``[x, x + w) x [y, y + h)`` of an ``img_w x img_h`` image, normalised."""
+    return [x / img_w, y / img_h, (x + w) / img_w, (y + h) / img_h]
 
 
 def crop_boxes(boxes, x, y, w, h, img_w, img_h):
     """The boxes of a crop ``[x, x + w) x [y, y + h)`` of an ``img_w x img_h`` image.
 
-    Keeps exactly the boxes whose centre lies strictly inside the rectangle,
-    clipped to it and renormalised to the crop.
+    Keeps exactly the boxes whose centre lies strictly inside the rectangle
+    (:func:`centres_inside`), clipped to it and renormalised to the crop.
     """
+    kept = boxes[centres_inside(boxes, [crop_rect(x, y, w, h, img_w, img_h)])[:, 0]].copy()
     x_rel, y_rel, w_rel, h_rel = x / img_w, y / img_h, w / img_w, h / img_h
-    cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
-    cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
-    inside = (x_rel < cx) & (cx < x_rel + w_rel) & (y_rel < cy) & (cy < y_rel + h_rel)
-    kept = boxes[inside].copy()
     kept[:, [0, 2]] = np.clip((kept[:, [0, 2]] - x_rel) / w_rel, 0, 1)
     kept[:, [1, 3]] = np.clip((kept[:, [1, 3]] - y_rel) / h_rel, 0, 1)
     return kept
@@ -118,9 +216,17 @@ def expand_boxes(boxes, img_w, img_h, new_w, new_h, left, top):
 
 def canvas_window(image, left, top, window, fill=MEAN_RGB):
     """Pixels of ``window = (x, y, w, h)`` of a canvas filled with ``fill`` that has
-    ``image`` at ``(left, top)``, without building the whole canvas."""
+    ``image`` at ``(left, top)``, without building the whole canvas.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 array or RGB ``PIL.Image``.
+
+    Returns:
+        the same kind as ``image``.
+    """
     x, y, w, h = window
-    img_h, img_w = image.shape[:2]
+    img = as_pil(image)
+    img_w, img_h = img.size
     if (x - left, y - top, w, h) == (0, 0, img_w, img_h):
         return image
     # Pillow fills and pastes in C, several times faster than NumPy broadcasting.
@@ -128,9 +234,46 @@ def canvas_window(image, left, top, window, fill=MEAN_RGB):
     x0, x1 = max(x, left), min(x + w, left + img_w)
     y0, y1 = max(y, top), min(y + h, top + img_h)
     if x0 < x1 and y0 < y1:
-        part = np.ascontiguousarray(image[y0 - top:y1 - top, x0 - left:x1 - left])
-        canvas.paste(Image.fromarray(part), (x0 - x, y0 - y))
-    return np.asarray(canvas)
+        part = img.crop((x0 - left, y0 - top, x1 - left, y1 - top))
+        canvas.paste(part, (x0 - x, y0 - y))
+    return canvas if isinstance(image, Image.Image) else np.asarray(canvas)
+
+
+def resized_canvas_window(image, left, top, window, size, fill=MEAN_RGB):
+    """``resize_pil(canvas_window(image, left, top, window, fill), size)``, the same bytes.
+
+    When the window is 6 or more times the output size, Pillow first shrinks
+    it by whole blocks (``Image.reduce``, as ``reducing_gap=3`` asks), which
+    maps a block of fill to the fill colour. So only the blocks that hold
+    the image are built and shrunk; the rest of the shrunk canvas is fill.
+
+    Args:
+        image: RGB ``PIL.Image``.
+        left, top: where the image lies on the canvas, in pixels.
+        window: ``(x, y, w, h)`` of the canvas to resize.
+        size: output ``(height, width)``.
+        fill: the canvas colour, RGB.
+
+    Returns:
+        ``PIL.Image`` of ``size``.
+    """
+    x, y, w, h = window
+    out_h, out_w = size
+    img_w, img_h = image.size
+    # Image.resize's block factors for reducing_gap=3 (see resize_pil).
+    fx, fy = int(w / out_w / 3.0) or 1, int(h / out_h / 3.0) or 1
+    # The image's part of the window, in window pixels.
+    x0, x1 = max(x, left) - x, min(x + w, left + img_w) - x
+    y0, y1 = max(y, top) - y, min(y + h, top + img_h) - y
+    if fx == fy == 1 or x0 >= x1 or y0 >= y1:
+        return resize_pil(canvas_window(image, left, top, window, fill), size)
+    fill = tuple(int(round(v)) for v in fill)
+    bx0, by0, bx1, by1 = x0 // fx, y0 // fy, -(-x1 // fx), -(-y1 // fy)  # blocks holding the image
+    part = canvas_window(image, left, top, (x + bx0 * fx, y + by0 * fy, min(bx1 * fx, w) - bx0 * fx,
+                                            min(by1 * fy, h) - by0 * fy), fill)
+    shrunk = Image.new("RGB", (-(-w // fx), -(-h // fy)), fill)
+    shrunk.paste(part.reduce((fx, fy)), (bx0, by0))
+    return shrunk.resize((out_w, out_h), Image.BILINEAR, box=(0, 0, w / fx, h / fy))
 
 
 def expand(image, boxes, ratio, left, top, fill=MEAN_RGB):
@@ -145,7 +288,33 @@ def _uniform_around_one(rng, var):
     return 2 * rng.random() * var + 1 - var
 
 
-class OriginalAugmentation:
+def _result(rgb_planes, out, caffe):
+    if out is None:
+        out = np.empty(rgb_planes.shape[1:] + (3,), np.float32)
+    return write_planes(rgb_planes, out, caffe)
+
+
+class Augmentation:
+    """Base of the policies: ``policy(image, boxes, rng)`` gives ``(image, boxes)``.
+
+    ``__call__(image, boxes, rng, out=None, caffe=False)``:
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB array or RGB ``PIL.Image``, full resolution.
+        boxes: ``(N, 4 + k)`` normalised boxes.
+        rng: ``numpy.random.Generator``.
+        out: float32 ``(*image_size, 3)`` to write the image into (a slot of
+            a batch), or ``None`` for a new array.
+        caffe: write ``preprocess_input`` of the image (BGR, mean subtracted),
+            the same float32 numbers as calling it on the RGB result.
+
+    Returns:
+        ``(image, boxes)``: float32 ``(*image_size, 3)`` RGB in ``[0, 255]``
+        (or the Caffe input), and the boxes that remain.
+    """
+
+
+class OriginalAugmentation(Augmentation):
     """The originals' training augmentation (wikke/SSD_Keras ``Generator``).
 
     In order: random-sized crop (on the full image), resize, saturation /
@@ -195,40 +364,48 @@ class OriginalAugmentation:
         y = int(rng.random() * (img_h - h))
         return x, y, w, h
 
-    def __call__(self, image, boxes, rng):
-        """Augment one image.
-
-        Args:
-            image: ``(H, W, 3)`` uint8 RGB at full resolution.
-            boxes: ``(N, 4 + k)`` normalised boxes.
-            rng: ``numpy.random.Generator``.
+    def draw_photometric(self, rng):
+        """The colour draws, in the original's order.
 
         Returns:
-            ``(image, boxes)``: float32 ``(*image_size, 3)`` in ``[0, 255]``, and
-            the boxes that remain.
+            ``(jitters, noise)``: ``[(step, factor), ...]`` in the order applied
+            (``step`` is ``adjust_saturation``, ``adjust_brightness`` or
+            ``adjust_contrast``), and the ``(3,)`` lighting weights or ``None``.
         """
+        steps = [(step, var) for step, var in ((adjust_saturation, self.saturation_var),
+                                               (adjust_brightness, self.brightness_var),
+                                               (adjust_contrast, self.contrast_var)) if var]
+        jitters = [(steps[i][0], _uniform_around_one(rng, steps[i][1]))
+                   for i in rng.permutation(len(steps))]
+        noise = rng.standard_normal(3) * self.lighting_std if self.lighting_std else None
+        return jitters, noise
+
+    def __call__(self, image, boxes, rng, out=None, caffe=False):
+        """Augment one image; see :class:`Augmentation`."""
+        img = as_pil(image)
         if self.do_crop:
-            image, boxes = crop(image, boxes, *self.crop_window(image.shape[1], image.shape[0], rng))
-        image = resize(image, self.image_size).astype(np.float32)
-        jitters = []
-        if self.saturation_var:
-            jitters.append(lambda im: adjust_saturation(im, _uniform_around_one(rng, self.saturation_var)))
-        if self.brightness_var:
-            jitters.append(lambda im: adjust_brightness(im, _uniform_around_one(rng, self.brightness_var)))
-        if self.contrast_var:
-            jitters.append(lambda im: adjust_contrast(im, _uniform_around_one(rng, self.contrast_var)))
-        for i in rng.permutation(len(jitters)):
-            image = jitters[i](image)
-        if self.lighting_std:
-            image = lighting_noise(image, rng.standard_normal(3) * self.lighting_std)
-        if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
-            image, boxes = horizontal_flip(image, boxes)
-        if self.vflip_prob > 0 and rng.random() < self.vflip_prob:
-            image, boxes = vertical_flip(image, boxes)
-        return np.ascontiguousarray(image), boxes
+            img_w, img_h = img.size
+            x, y, w, h = self.crop_window(img_w, img_h, rng)
+            boxes = crop_boxes(boxes, x, y, w, h, img_w, img_h)
+            if (w, h) != (img_w, img_h):
+                img = img.crop((x, y, x + w, y + h))
+        jitters, noise = self.draw_photometric(rng)
+        flip_h = self.hflip_prob > 0 and rng.random() < self.hflip_prob
+        flip_v = self.vflip_prob > 0 and rng.random() < self.vflip_prob
+        # The colour steps act on each pixel or on sums over all pixels, so
+        # they commute with the flips, which are cheaper on 8-bit pixels.
+        rgb = planes(flip(resize_pil(img, self.image_size), flip_h, flip_v))
+        for step, factor in jitters:
+            if step is adjust_brightness:
+                step(rgb, factor, out=rgb)
+            else:
+                step(rgb, factor, axis=0, out=rgb)
+        if noise is not None:
+            lighting_noise(rgb, noise, axis=0, out=rgb)
+        return _result(rgb, out, caffe), flip_boxes(boxes, flip_h, flip_v)
 
 
-class PaperAugmentation:
+class PaperAugmentation(Augmentation):
     """The SSD paper's augmentation (Liu et al., section 2.2 and its Caffe code).
 
     Zoom-out ("expand") with probability ``expand_prob`` onto a canvas up to
@@ -245,6 +422,7 @@ class PaperAugmentation:
         expand_prob, max_expand: zoom-out probability and largest ratio.
         hflip_prob: flip probability.
         photometric: apply the photometric distortions.
+        max_trials: crops the sampler tries before keeping the whole image.
     """
 
     MIN_IOUS = (None, 0.1, 0.3, 0.5, 0.7, 0.9, -np.inf)
@@ -259,54 +437,124 @@ class PaperAugmentation:
         self.max_trials = max_trials
 
     def sample_crop(self, img_w, img_h, boxes, rng):
-        """A crop rectangle ``(x, y, w, h)`` from the min-IoU sampler, or ``None``."""
+        """A crop rectangle ``(x, y, w, h)`` from the min-IoU sampler, or ``None``.
+
+        The trials are drawn one after the other as in the Caffe sampler (a
+        size, and a position when the aspect ratio is allowed) and the first
+        that overlaps some box by ``min_iou`` and holds some box centre is
+        taken; the overlaps of all trials are computed at once, and the
+        generator is left exactly where the sequential loop would leave it.
+        """
         if len(boxes) == 0:
             return None
         min_iou = self.MIN_IOUS[rng.integers(len(self.MIN_IOUS))]
         if min_iou is None:
             return None
+        state = rng.bit_generator.state
+        u = rng.random(4 * self.max_trials)
+        # rng.uniform(low, high) is low + (high - low) * rng.random(). A trial
+        # starting at draw p takes w, h from draws p, p + 1, and when the
+        # aspect ratio is allowed x, y from p + 2, p + 3.
+        w_at = 0.3 * img_w + (img_w - 0.3 * img_w) * u[:-1]
+        h_at = 0.3 * img_h + (img_h - 0.3 * img_h) * u[1:]
+        allowed = ((0.5 <= h_at / w_at) & (h_at / w_at <= 2.0)).tolist()
+        starts, pos = [], 0
         for _ in range(self.max_trials):
-            w = rng.uniform(0.3 * img_w, img_w)
-            h = rng.uniform(0.3 * img_h, img_h)
-            if not 0.5 <= h / w <= 2.0:
-                continue
-            x = int(rng.uniform(0, img_w - w))
-            y = int(rng.uniform(0, img_h - h))
-            w, h = max(1, int(w)), max(1, int(h))
-            rect = np.array([x / img_w, y / img_h, (x + w) / img_w, (y + h) / img_h])
-            if pairwise_iou(boxes[:, :4], rect[None]).max() < min_iou:
-                continue
-            cx = 0.5 * (boxes[:, 0] + boxes[:, 2])
-            cy = 0.5 * (boxes[:, 1] + boxes[:, 3])
-            if not np.any((rect[0] < cx) & (cx < rect[2]) & (rect[1] < cy) & (cy < rect[3])):
-                continue
-            return x, y, w, h
-        return None
+            if allowed[pos]:
+                starts.append(pos)
+                pos += 4
+            else:
+                pos += 2
+        chosen = None
+        if starts:
+            at = np.array(starts)
+            w, h = w_at[at], h_at[at]
+            x = ((img_w - w) * u[at + 2]).astype(np.int64)
+            y = ((img_h - h) * u[at + 3]).astype(np.int64)
+            w = np.maximum(1, w.astype(np.int64))
+            h = np.maximum(1, h.astype(np.int64))
+            rects = np.stack([x / img_w, y / img_h, (x + w) / img_w, (y + h) / img_h], axis=1)
+            # "not max < min_iou": a NaN overlap passes, as in the sequential test.
+            ok = ~(pairwise_iou(boxes[:, :4], rects).max(axis=0) < min_iou)
+            ok &= centres_inside(boxes, rects).any(axis=0)
+            hits = np.flatnonzero(ok)
+            if len(hits):
+                chosen = int(hits[0])
+                pos = starts[chosen] + 4
+        rng.bit_generator.state = state
+        rng.random(pos)
+        if chosen is None:
+            return None
+        return int(x[chosen]), int(y[chosen]), int(w[chosen]), int(h[chosen])
 
-    def distort(self, image, rng):
-        """Photometric distortions of a float32 RGB image in ``[0, 255]``."""
-        if rng.random() < 0.5:
-            image = np.clip(image + np.float32(rng.uniform(-32, 32)), 0, 255)
+    @staticmethod
+    def draw_photometric(rng):
+        """The draws of the photometric distortions, in the Caffe code's order.
+
+        Returns:
+            ``(delta, contrast_first, contrast, saturation, hue)``; a step that
+            is not applied is ``None``.
+        """
+        delta = rng.uniform(-32, 32) if rng.random() < 0.5 else None
         contrast_first = rng.random() < 0.5
         contrast = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
-        if contrast_first and contrast is not None:
-            image = np.clip(image * np.float32(contrast), 0, 255)
         saturation = rng.uniform(0.5, 1.5) if rng.random() < 0.5 else None
         hue = rng.uniform(-18, 18) if rng.random() < 0.5 else None
-        if saturation is not None or hue is not None:
-            hsv = np.asarray(Image.fromarray(image.astype(np.uint8)).convert("HSV")).astype(np.float32)
-            if saturation is not None:
-                hsv[..., 1] = np.clip(hsv[..., 1] * saturation, 0, 255)
-            if hue is not None:
-                hsv[..., 0] = (hsv[..., 0] + hue * 255.0 / 360.0) % 256
-            image = np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB")).astype(np.float32)
-        if not contrast_first and contrast is not None:
-            image = np.clip(image * np.float32(contrast), 0, 255)
-        return image
+        return delta, contrast_first, contrast, saturation, hue
 
-    def __call__(self, image, boxes, rng):
-        """Augment one image; same contract as :meth:`OriginalAugmentation.__call__`."""
-        img_h, img_w = image.shape[:2]
+    @staticmethod
+    def photometric_distortions(img, params):
+        """Brightness, contrast, saturation and hue of a uint8 RGB ``PIL.Image``.
+
+        Args:
+            img: the image.
+            params: :meth:`draw_photometric`'s result.
+
+        Returns:
+            ``(3, H, W)`` planes of the distorted image: float32 in ``[0, 255]``,
+            or uint8 when the last step is the HSV one (whose result is 8-bit).
+        """
+        delta, contrast_first, contrast, saturation, hue = params
+
+        def brighten(x):  # in place on float32
+            x += np.float32(delta)
+            return np.clip(x, 0, 255, out=x)
+
+        def contrast_step(x):
+            x *= np.float32(contrast)
+            return np.clip(x, 0, 255, out=x)
+
+        if saturation is None and hue is None:
+            out = planes(img)
+            if delta is not None:
+                brighten(out)
+            if contrast is not None:
+                contrast_step(out)
+            return out
+        # Before the HSV step every value is transformed on its own and
+        # truncated to 8 bits, and so are H and S in it: tables of the 256
+        # values. rgb_to_hsv and hsv_to_rgb give Pillow's bytes, faster.
+        before = [brighten] if delta is not None else []
+        if contrast is not None and contrast_first:
+            before.append(contrast_step)
+        if before:
+            img = img.point(float_table(*before).astype(np.uint8).tolist() * 3)
+        hsv = rgb_to_hsv(planes(img, np.uint8))
+        if hue is not None:
+            table = float_table(lambda h: (h + hue * 255.0 / 360.0) % 256).astype(np.uint8)
+            np.take(table, hsv[0], out=hsv[0])
+        if saturation is not None:
+            table = float_table(lambda s: np.clip(s * saturation, 0, 255)).astype(np.uint8)
+            np.take(table, hsv[1], out=hsv[1])
+        rgb = hsv_to_rgb(hsv)
+        if contrast is not None and not contrast_first:
+            return contrast_step(rgb.astype(np.float32))
+        return rgb
+
+    def __call__(self, image, boxes, rng, out=None, caffe=False):
+        """Augment one image; see :class:`Augmentation`."""
+        img = as_pil(image)
+        img_w, img_h = img.size
         canvas_w, canvas_h, left, top = img_w, img_h, 0, 0
         if self.max_expand > 1 and rng.random() < self.expand_prob:
             ratio = rng.uniform(1, self.max_expand)
@@ -319,11 +567,11 @@ class PaperAugmentation:
             window = (0, 0, canvas_w, canvas_h)
         else:
             boxes = crop_boxes(boxes, *window, canvas_w, canvas_h)
-        # Only the cropped part of the zoomed-out canvas is ever built.
-        image = canvas_window(image, left, top, window)
-        image = resize(image, self.image_size).astype(np.float32)
-        if self.photometric:
-            image = self.distort(image, rng)
-        if self.hflip_prob > 0 and rng.random() < self.hflip_prob:
-            image, boxes = horizontal_flip(image, boxes)
-        return np.ascontiguousarray(image), boxes
+        # Only the cropped part of the zoomed-out canvas is built.
+        img = resized_canvas_window(img, left, top, window, self.image_size)
+        params = self.draw_photometric(rng) if self.photometric else None
+        flip_h = self.hflip_prob > 0 and rng.random() < self.hflip_prob
+        # The distortions act on each pixel alone: flipping first is exact.
+        img = flip(img, flip_h, False)
+        rgb = planes(img, np.uint8) if params is None else self.photometric_distortions(img, params)
+        return _result(rgb, out, caffe), flip_boxes(boxes, flip_h, False)

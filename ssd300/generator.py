@@ -1,10 +1,11 @@
 """Training batches: the originals' ``Generator`` and a ``keras.utils.PyDataset``.
 
-Both share :class:`SamplePipeline`: read an image (Pillow), augment it
-(:mod:`ssd300.augment`), resize, and encode its boxes with
-``BBoxUtility.assign_boxes``. Batches are ``(preprocess_input(images),
-targets)``: float32 ``(batch, H, W, 3)`` in Caffe mode (BGR, mean subtracted)
-and float32 ``(batch, num_priors, 4 + num_classes + 8)``.
+Both share :class:`SamplePipeline`: read an image (Pillow, upright by its
+EXIF orientation), augment it (:mod:`ssd300.augment`), resize, and encode its
+boxes with ``BBoxUtility.assign_boxes``. Batches are
+``(preprocess_input(images), targets)``: float32 ``(batch, H, W, 3)`` in Caffe
+mode (BGR, mean subtracted) and float32 ``(batch, num_priors, 4 + num_classes + 8)``;
+the augmentation writes each image straight into its slot of the batch.
 """
 
 import math
@@ -13,8 +14,46 @@ import warnings
 
 import numpy as np
 
-from .augment import OriginalAugmentation, PaperAugmentation
-from .image_io import ImageError, load_image, preprocess_input, resize
+from .augment import Augmentation, OriginalAugmentation, PaperAugmentation
+from .image_io import (ImageError, follows_stored_size, open_rgb, planes, preprocess_input,
+                       read_header, resize_pil, write_planes)
+
+
+def annotation_sizes(annotations):
+    """``{key: (width, height)}`` of ``{key: voc.Annotation}`` (``XML_preprocessor.annotations``,
+    ``CocoDataset.annotations``): the ``sizes`` argument of :class:`SamplePipeline`."""
+    return {key: (ann.width, ann.height) for key, ann in annotations.items()}
+
+
+def keys_used_as_stored(path_prefix, sizes):
+    """The images to use as stored although their EXIF orientation says to turn them.
+
+    An image whose orientation swaps width and height but whose annotation
+    gives the stored ``(width, height)`` was annotated as stored (see
+    :func:`ssd300.image_io.follows_stored_size`); its boxes fit the stored
+    pixels. Reads only the image headers; warns once with their number.
+
+    Args:
+        path_prefix: prepended to a key to give the image path.
+        sizes: ``{key: (width, height)}`` from the annotations
+            (``XML_preprocessor.annotations[key].width / .height``).
+
+    Returns:
+        frozenset of keys.
+    """
+    found = []
+    for key, size in sizes.items():
+        try:
+            stored, orientation = read_header(path_prefix + key)
+        except ImageError:
+            continue  # reported when the image is loaded
+        if follows_stored_size(stored, orientation, size):
+            found.append(key)
+    if found:
+        warnings.warn(f"{len(found)} images have EXIF orientation but their annotations match the "
+                      f"stored size; using them as stored (first: {path_prefix + found[0]})",
+                      stacklevel=3)
+    return frozenset(found)
 
 
 class SamplePipeline:
@@ -28,11 +67,17 @@ class SamplePipeline:
             with or without a trailing separator).
         image_size: network input ``(height, width)``.
         augment: ``"original"``, ``"paper"``, ``None`` (no augmentation),
-            or an object called as ``augment(image, boxes, rng)``.
+            or an object called as ``augment(image, boxes, rng)`` with a
+            uint8 ``(H, W, 3)`` array.
+        sizes: optional ``{key: (width, height)}`` of the annotations; an image
+            whose EXIF orientation swaps its sides but whose annotation has the
+            stored size is used as stored (:func:`keys_used_as_stored`).
+            Without it every image is turned upright.
         **augment_options: arguments of the augmentation policy.
     """
 
-    def __init__(self, gt, bbox_util, path_prefix, image_size, augment="original", **augment_options):
+    def __init__(self, gt, bbox_util, path_prefix, image_size, augment="original", sizes=None,
+                 **augment_options):
         self.gt = gt
         self.bbox_util = bbox_util
         self.path_prefix = os.fspath(path_prefix)
@@ -49,24 +94,41 @@ class SamplePipeline:
         elif augment is not None and not callable(augment):
             raise ValueError(f"augment must be 'original', 'paper', None or callable, got {augment!r}")
         self.augment = augment
+        self.as_stored = frozenset()
+        if sizes is not None:
+            self.as_stored = keys_used_as_stored(
+                self.path_prefix, {k: v for k, v in sizes.items() if k in gt})
 
     def image_path(self, key):
         return self.path_prefix + key
 
-    def load(self, key, rng, train=True):
+    def load(self, key, rng, train=True, out=None, caffe=False):
         """``(image, target)``: float32 ``(H, W, 3)`` RGB in [0, 255] and the encoded target.
+
+        Args:
+            key: the image key.
+            rng: ``numpy.random.Generator`` of the augmentation.
+            train: augment (else only resize).
+            out: float32 ``(H, W, 3)`` to write the image into, or ``None``.
+            caffe: give ``preprocess_input`` of the image instead (the same numbers).
 
         Raises:
             ImageError: the image is missing or unreadable (names the file).
         """
         if key not in self.gt:
             raise KeyError(f"{key}: no ground truth for this image")
-        image = load_image(self.image_path(key))
+        img = open_rgb(self.image_path(key), orient=key not in self.as_stored)
         boxes = np.asarray(self.gt[key], dtype=np.float64)
-        if train and self.augment is not None:
-            image, boxes = self.augment(image, boxes, rng)
+        if out is None:
+            out = np.empty(self.image_size + (3,), np.float32)
+        if not train or self.augment is None:
+            image = write_planes(planes(resize_pil(img, self.image_size), np.uint8), out, caffe)
+        elif isinstance(self.augment, Augmentation):
+            image, boxes = self.augment(img, boxes, rng, out=out, caffe=caffe)
         else:
-            image = resize(image, self.image_size).astype(np.float32)
+            image, boxes = self.augment(np.asarray(img), boxes, rng)
+            out[...] = preprocess_input(image) if caffe else image
+            image = out
         return image, self.bbox_util.assign_boxes(boxes, dtype=np.float32)
 
     def batch(self, keys, rngs, train, skip_bad_images=False):
@@ -76,7 +138,7 @@ class SamplePipeline:
         count = 0
         for key, rng in zip(keys, rngs):
             try:
-                image, target = self.load(key, rng, train)
+                _, target = self.load(key, rng, train, out=images[count], caffe=True)
             except ImageError as e:
                 if not skip_bad_images:
                     raise
@@ -84,7 +146,6 @@ class SamplePipeline:
                 continue
             if targets is None:
                 targets = np.empty((len(keys),) + target.shape, np.float32)
-            images[count] = preprocess_input(image)
             targets[count] = target
             count += 1
         if not count:
@@ -107,6 +168,8 @@ class Generator:
         augment: ``"original"`` (default) or ``"paper"``.
         seed: seed of the shuffling and augmentation, for reproducible runs.
         skip_bad_images: warn and skip an unreadable image instead of raising.
+        sizes: optional ``{key: (width, height)}`` of the annotations, for the
+            EXIF orientation check (see :class:`SamplePipeline`).
 
     ``generate(train)`` yields ``(preprocess_input(images), targets)`` forever,
     reshuffling the keys each pass; like the original, only full batches are
@@ -117,7 +180,7 @@ class Generator:
                  saturation_var=0.5, brightness_var=0.5, contrast_var=0.5, lighting_std=0.5,
                  hflip_prob=0.5, vflip_prob=0.5, do_crop=True, crop_area_range=[0.75, 1.0],
                  aspect_ratio_range=[3. / 4., 4. / 3.], augment="original", seed=None,
-                 skip_bad_images=False):
+                 skip_bad_images=False, sizes=None):
         self.gt = gt
         self.bbox_util = bbox_util
         self.batch_size = batch_size
@@ -134,7 +197,11 @@ class Generator:
                            contrast_var=contrast_var, lighting_std=lighting_std,
                            hflip_prob=hflip_prob, vflip_prob=vflip_prob, do_crop=do_crop,
                            crop_area_range=crop_area_range, aspect_ratio_range=aspect_ratio_range)
-        self.pipeline = SamplePipeline(gt, bbox_util, path_prefix, image_size, augment, **options)
+        if sizes is not None:
+            wanted = set(self.train_keys) | set(self.val_keys)
+            sizes = {k: v for k, v in sizes.items() if k in wanted}
+        self.pipeline = SamplePipeline(gt, bbox_util, path_prefix, image_size, augment, sizes=sizes,
+                                       **options)
         self.rng = np.random.default_rng(seed)
 
     def generate(self, train=True):
@@ -162,7 +229,11 @@ class SSDDataset(_pydataset_base()):
     Batches load in parallel with ``workers`` threads (or processes with
     ``use_multiprocessing=True``). Each sample's randomness comes from
     ``(seed, epoch, index)``, so a run is reproducible whatever the number of
-    workers.
+    workers. Threads share the GIL, which the per-image work holds about a
+    quarter of the time (the rest is in Pillow and NumPy), so two threads give
+    about 1.6x one; processes do not share it but send every batch back
+    through a pipe (16 MB for 8 images at 300x300, about 10 ms to pickle).
+    bench/bench_pipeline.py measures both.
 
     Args:
         gt, bbox_util, path_prefix, image_size: as for :class:`Generator`.
@@ -176,12 +247,19 @@ class SSDDataset(_pydataset_base()):
             epoch sees every image once).
         skip_bad_images: warn and skip an unreadable image instead of raising.
         workers, use_multiprocessing, max_queue_size: ``PyDataset``'s.
+        sizes: optional ``{key: (width, height)}`` of the annotations, for the
+            EXIF orientation check (see :class:`SamplePipeline`).
+        num_shards, shard_index: load only the ``shard_index``-th of
+            ``num_shards`` equal parts of each batch of ``batch_size`` (the
+            global batch of a multi-process run, see :mod:`ssd300.distribute`;
+            needs ``drop_last`` and ``batch_size`` a multiple of ``num_shards``).
         **augment_options: arguments of the augmentation policy.
     """
 
     def __init__(self, gt, bbox_util, path_prefix, keys, image_size, batch_size=8, train=True,
                  augment="original", seed=0, drop_last=False, skip_bad_images=False,
-                 workers=1, use_multiprocessing=False, max_queue_size=10, **augment_options):
+                 workers=1, use_multiprocessing=False, max_queue_size=10, sizes=None,
+                 num_shards=1, shard_index=0, **augment_options):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         self.keys = list(keys)
@@ -194,8 +272,16 @@ class SSDDataset(_pydataset_base()):
         self.skip_bad_images = skip_bad_images
         self.epoch = 0
         self._epoch_order = (None, None)
+        self.num_shards, self.shard_index = int(num_shards), int(shard_index)
+        if not 0 <= self.shard_index < self.num_shards or self.batch_size % self.num_shards \
+                or (self.num_shards > 1 and not drop_last):
+            raise ValueError(f"shard {shard_index} of {num_shards} needs 0 <= shard_index < num_shards, "
+                             f"drop_last and batch_size ({batch_size}) a multiple of num_shards")
+        if sizes is not None:
+            wanted = set(self.keys)
+            sizes = {k: v for k, v in sizes.items() if k in wanted}
         self.pipeline = SamplePipeline(gt, bbox_util, path_prefix, image_size,
-                                       augment if train else None, **augment_options)
+                                       augment if train else None, sizes=sizes, **augment_options)
 
     def __len__(self):
         n = len(self.keys) / self.batch_size
@@ -212,10 +298,15 @@ class SSDDataset(_pydataset_base()):
     def __getitem__(self, index):
         if not 0 <= index < len(self):
             raise IndexError(f"batch {index} out of range for {len(self)} batches")
-        positions = self._order()[index * self.batch_size:(index + 1) * self.batch_size]
+        positions = self.shard_of(self._order()[index * self.batch_size:(index + 1) * self.batch_size])
         keys = [self.keys[i] for i in positions]
         rngs = [np.random.default_rng([self.seed, self.epoch, int(i)]) for i in positions]
         return self.pipeline.batch(keys, rngs, self.train, self.skip_bad_images)
+
+    def shard_of(self, positions):
+        """This shard's part of a batch's key positions: the ``shard_index``-th of ``num_shards``."""
+        size = len(positions) // self.num_shards
+        return positions[self.shard_index * size:(self.shard_index + 1) * size]
 
     def on_epoch_end(self):
         self.epoch += 1

@@ -1,5 +1,6 @@
 """The Generator, the PyDataset form, image reading and preprocessing."""
 
+import warnings
 
 import numpy as np
 import pytest
@@ -145,3 +146,74 @@ def test_synthetic_boxes_are_exact():
             assert inside.sum() == shape[max(0, y0 - 3):y1 + 2, max(0, x0 - 3):x1 + 2].sum()
             checked += 1
     assert checked >= 5
+
+
+def test_batches_are_preprocess_input_of_the_loaded_images(synth, util):
+    root, prep, keys = synth
+    for augment in ("original", "paper", None):
+        pipeline = SamplePipeline(prep.data, util, f"{root}/JPEGImages", (300, 300), augment)
+        x, y = pipeline.batch(keys[:3], [np.random.default_rng(i) for i in range(3)], train=True)
+        for i, key in enumerate(keys[:3]):
+            image, target = pipeline.load(key, np.random.default_rng(i), train=True)
+            np.testing.assert_array_equal(x[i], preprocess_input(image))
+            np.testing.assert_array_equal(y[i], target)
+    # Without augmentation: the resized picture, as float32.
+    raw = load_image(f"{root}/JPEGImages/{keys[0]}")
+    expected = np.asarray(Image.fromarray(raw).resize((300, 300), Image.BILINEAR)).astype(np.float32)
+    image, _ = pipeline.load(keys[0], None, train=False)
+    np.testing.assert_array_equal(image, expected)
+
+
+def test_custom_augment_gets_an_array(synth, util):
+    root, prep, keys = synth
+    seen = []
+
+    def shrink(image, boxes, rng):
+        seen.append((type(image), image.shape))
+        return np.asarray(Image.fromarray(image).resize((300, 300))), boxes
+
+    pipeline = SamplePipeline(prep.data, util, f"{root}/JPEGImages", (300, 300), shrink)
+    x, _ = pipeline.batch(keys[:1], [np.random.default_rng(0)], train=True)
+    assert seen[0][0] is np.ndarray and seen[0][1][2] == 3
+    np.testing.assert_array_equal(x[0], preprocess_input(pipeline.load(keys[0], None, True)[0]))
+
+
+def _sideways_photo(path, upright):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned 90 degrees counter-clockwise: show it turned clockwise
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(path, quality=95, exif=exif)
+
+
+def test_exif_orientation_follows_the_annotation_size(tmp_path, util):
+    upright = np.zeros((120, 80, 3), np.uint8)
+    upright[:30] = 255  # white at the top of the upright picture
+    for name in ("upright_ann.jpg", "stored_ann.jpg"):
+        _sideways_photo(tmp_path / name, upright)
+    Image.fromarray(upright).save(tmp_path / "plain.jpg")
+    box = np.array([[0.1, 0.1, 0.5, 0.5, 1, 0, 0, 0]])
+    gt = {"upright_ann.jpg": box, "stored_ann.jpg": box, "plain.jpg": box}
+    sizes = {"upright_ann.jpg": (80, 120), "stored_ann.jpg": (120, 80), "plain.jpg": (80, 120)}
+    with pytest.warns(UserWarning, match="^1 images have EXIF orientation but their annotations "
+                                         "match the stored size; using them as stored"):
+        pipeline = SamplePipeline(gt, util, tmp_path, (60, 60), None, sizes=sizes)
+    assert pipeline.as_stored == {"stored_ann.jpg"}
+
+    def top_is_white(key):
+        image, _ = pipeline.load(key, None, train=False)
+        return image[:10].mean() > 200
+
+    assert top_is_white("upright_ann.jpg") and top_is_white("plain.jpg")
+    assert not top_is_white("stored_ann.jpg")  # kept as stored: white on the left
+    # Without sizes every image is turned upright, and nothing is read up front.
+    assert SamplePipeline(gt, util, tmp_path, (60, 60), None).as_stored == frozenset()
+    # The dataset and the generator pass the sizes on, for their own keys.
+    with pytest.warns(UserWarning, match="^1 images"):
+        ds = SSDDataset(gt, util, tmp_path, sorted(gt), (60, 60), batch_size=3, sizes=sizes)
+    assert ds.pipeline.as_stored == {"stored_ann.jpg"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = SSDDataset(gt, util, tmp_path, ["plain.jpg", "upright_ann.jpg"], (60, 60), sizes=sizes)
+        assert ds.pipeline.as_stored == frozenset()
+    with pytest.warns(UserWarning, match="^1 images"):
+        gen = Generator(gt, util, 1, tmp_path, ["stored_ann.jpg"], ["plain.jpg"], (60, 60), sizes=sizes)
+    assert gen.pipeline.as_stored == {"stored_ann.jpg"}
