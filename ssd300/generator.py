@@ -253,13 +253,17 @@ class SSDDataset(_pydataset_base()):
             ``num_shards`` equal parts of each batch of ``batch_size`` (the
             global batch of a multi-process run, see :mod:`ssd300.distribute`;
             needs ``drop_last`` and ``batch_size`` a multiple of ``num_shards``).
+        steps_per_epoch: at most this many batches per epoch (each epoch's
+            shuffle picks them anew). ``model.fit``'s own ``steps_per_epoch``
+            would instead carry one pass over the data across epochs, which a
+            resumed run cannot reproduce.
         **augment_options: arguments of the augmentation policy.
     """
 
     def __init__(self, gt, bbox_util, path_prefix, keys, image_size, batch_size=8, train=True,
                  augment="original", seed=0, drop_last=False, skip_bad_images=False,
                  workers=1, use_multiprocessing=False, max_queue_size=10, sizes=None,
-                 num_shards=1, shard_index=0, **augment_options):
+                 num_shards=1, shard_index=0, steps_per_epoch=None, **augment_options):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
         self.keys = list(keys)
@@ -271,6 +275,7 @@ class SSDDataset(_pydataset_base()):
         self.drop_last = drop_last
         self.skip_bad_images = skip_bad_images
         self.epoch = 0
+        self.steps_per_epoch = steps_per_epoch
         self._epoch_order = (None, None)
         self.num_shards, self.shard_index = int(num_shards), int(shard_index)
         if not 0 <= self.shard_index < self.num_shards or self.batch_size % self.num_shards \
@@ -285,7 +290,8 @@ class SSDDataset(_pydataset_base()):
 
     def __len__(self):
         n = len(self.keys) / self.batch_size
-        return max(1, math.floor(n)) if self.drop_last else math.ceil(n)
+        batches = max(1, math.floor(n)) if self.drop_last else math.ceil(n)
+        return min(batches, self.steps_per_epoch) if self.steps_per_epoch else batches
 
     def _order(self):
         if not self.train:
