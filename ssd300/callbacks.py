@@ -30,12 +30,15 @@ class Checkpointer(keras.callbacks.Callback):
         out: the output folder.
         state: the run state (a dict), updated in place: ``epoch``,
             ``history``, ``best``; read for ``nan`` (set by :class:`StopOnNaN`).
+        write: write the files (``False`` on the processes other than 0 of
+            a distributed run: they keep only ``state``).
     """
 
-    def __init__(self, out, state):
+    def __init__(self, out, state, write=True):
         super().__init__()
         self.out = out
         self.state = state
+        self.write = write
 
     def on_epoch_end(self, epoch, logs=None):
         state = self.state
@@ -49,7 +52,10 @@ class Checkpointer(keras.callbacks.Callback):
         val = logs.get("val_loss", logs.get("loss"))
         if val is not None and np.isfinite(val) and val < state.get("best", math.inf):
             state["best"] = float(val)
-            save_weights_by_name(self.model, os.path.join(self.out, "best.h5"))
+            if self.write:
+                save_weights_by_name(self.model, os.path.join(self.out, "best.h5"))
+        if not self.write:
+            return
         save_last(self.model, self.out, state)
         write_log(history, os.path.join(self.out, "log.csv"))
         plot_history(history, os.path.join(self.out, "loss.png"))
@@ -88,17 +94,26 @@ class StopOnNaN(keras.callbacks.Callback):
 
 
 class TimeLimit(keras.callbacks.Callback):
-    """Stop training (at the end of the current batch) after ``minutes``."""
+    """Stop training (at the end of the current batch) after ``minutes``.
 
-    def __init__(self, minutes):
+    Args:
+        minutes: the limit.
+        agree: ``agree(late) -> bool``, the decision every process of a
+            distributed run takes (``DataParallelRun.agree``), so that
+            all stop at the same step; ``None``: this process's clock.
+    """
+
+    def __init__(self, minutes, agree=None):
         super().__init__()
         self.minutes = minutes
+        self.agree = agree
 
     def on_train_begin(self, logs=None):
         self.deadline = time.monotonic() + 60 * self.minutes
 
     def on_train_batch_end(self, batch, logs=None):
-        if time.monotonic() > self.deadline:
+        late = time.monotonic() > self.deadline
+        if self.agree(late) if self.agree else late:
             self.model.stop_training = True
 
 

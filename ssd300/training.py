@@ -33,6 +33,8 @@ from .atomic import atomic_path
 from .callbacks import Checkpointer, DataEpoch, ProgressBar, StopOnNaN, TimeLimit, save_last
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries
 from .datasets import load_training_data
+from .distribute import DEFAULT_TIMEOUT, DISTRIBUTIONS, scope
+from .distribute import start as start_distribution
 from .errors import UserError
 from .generator import SSDDataset
 from .layout import num_classes_with_background
@@ -75,6 +77,14 @@ class TrainConfig:
     ``workers`` (data-loading threads, or processes with
     ``multiprocessing``), ``seed``, ``jit_compile`` (Keras's; ``"auto"``
     lets Keras choose), ``progress`` (a bar with the ETA).
+
+    Distribution (:mod:`ssd300.distribute`): ``distribute`` (``None``: one
+    device; ``"data-parallel"``: every device of every process on JAX, the
+    local devices on TensorFlow; ``batch_size`` is then the global batch),
+    ``coordinator`` (``host:port`` of process 0), ``num_processes``,
+    ``process_id`` (``None``: from the environment, e.g. SLURM),
+    ``distribute_timeout`` (seconds to wait for every process, and after which
+    a silent process counts as dead).
     """
 
     voc_root: str = "VOCdevkit/VOC2007"
@@ -113,6 +123,12 @@ class TrainConfig:
     jit_compile: object = "auto"
     progress: bool = True
 
+    distribute: str | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+    distribute_timeout: float = DEFAULT_TIMEOUT
+
     def __post_init__(self):
         for name in ("epochs", "batch_size", "input_size"):
             if int(getattr(self, name)) < 1:
@@ -128,8 +144,17 @@ class TrainConfig:
             raise UserError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if not self.distribute_timeout > 0:
+            raise UserError(f"distribute-timeout must be positive, got {self.distribute_timeout}")
+        if not self.distribute and (self.coordinator or self.num_processes or self.process_id is not None):
+            raise UserError("coordinator, num-processes and process-id need distribute "
+                            "(--distribute data-parallel)")
+        if self.distribute and self.skip_bad_images:
+            raise UserError("skip-bad-images cannot be used with distribute: every process must load "
+                            "batches of the same size")
         checks = {"optimizer": ("adam", "sgd"), "schedule": ("exp0.9", "steps", "constant"),
-                  "augment": ("original", "paper", None), "mixed_precision": (None, "float16", "bfloat16")}
+                  "augment": ("original", "paper", None), "mixed_precision": (None, "float16", "bfloat16"),
+                  "distribute": (None, *DISTRIBUTIONS)}
         for name, allowed in checks.items():
             if getattr(self, name) not in allowed:
                 raise UserError(f"{name.replace('_', '-')} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -235,18 +260,20 @@ def restore_optimizer(model, values, path):
         variable.assign(value)
 
 
-def make_callbacks(config, state, initial_epoch, train_data):
+def make_callbacks(config, state, initial_epoch, train_data, run=None):
+    """The run's callbacks; in a :class:`~ssd300.distribute.DataParallelRun`, process 0 alone writes and prints."""
+    chief = run is None or run.is_chief
     callbacks = [
         DataEpoch(train_data),
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(config, epoch)),
         StopOnNaN(state),
-        Checkpointer(config.out, state),
+        Checkpointer(config.out, state, write=chief),
     ]
     if config.time_limit:
-        callbacks.append(TimeLimit(config.time_limit))
-    if config.tensorboard:
+        callbacks.append(TimeLimit(config.time_limit, agree=run.agree if run else None))
+    if config.tensorboard and chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.out, "tensorboard")))
-    if config.progress:
+    if config.progress and chief:
         callbacks.append(ProgressBar(initial_epoch))
     return callbacks
 
@@ -264,64 +291,88 @@ def fit(config):
         UserError: a bad dataset, weights file, checkpoint or option (the
             message names the file and the problem).
     """
+    run = start_distribution(config)  # None: a plain run on one device
+    chief = run is None or run.is_chief
+    say = print if chief else _quiet  # process 0 alone writes files and prints
     keras.utils.set_random_seed(config.seed)
     data = load_training_data(config)
     num_classes = num_classes_with_background(data.classes)
-    os.makedirs(config.out, exist_ok=True)
-    for name in remove_stale_temporaries(config.out):
-        print(f"removed {name}, left by an interrupted run")
+    try:
+        os.makedirs(config.out, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{config.out}: cannot create the output folder ({e.strerror})") from None
     checkpoint_path = os.path.join(config.out, CHECKPOINT)
-    # detect and evaluate read the class names beside the weights.
-    with atomic_path(os.path.join(config.out, "classes.txt")) as tmp, open(tmp, "w", encoding="utf8") as f:
-        f.write("".join(f"{name}\n" for name in data.classes))
+    if chief:
+        for name in remove_stale_temporaries(config.out):
+            print(f"removed {name}, left by an interrupted run")
+        # detect and evaluate read the class names beside the weights.
+        with atomic_path(os.path.join(config.out, "classes.txt")) as tmp, open(tmp, "w", encoding="utf8") as f:
+            f.write("".join(f"{name}\n" for name in data.classes))
     state = {"epoch": 0, "classes": list(data.classes), "input_size": config.input_size}
     resume = read_resume_state(config, data.classes) if config.resume else None
     if resume:
         state = resume[2]
+        if run:
+            run.check_same([state["epoch"], int(resume[1][0]) if resume[1] else 0],
+                           f"the epoch and step of {checkpoint_path}")
 
-    model = build_model(config, num_classes)
-    if resume:
-        model.set_weights(resume[0])
-    else:
-        report = load_initial_weights(model, config.weights)
-        if report is not None:
-            print(f"initial weights from {config.weights}: {report}")
-    freeze_layers(model, config.freeze)
+    batch_size, val_batch_size, shard = config.batch_size, config.batch_size, {}
+    if run:
+        run.check_batch(batch_size, len(data.train_keys), "training")
+        val_batch_size = run.validation_batch(batch_size, len(data.val_keys))
+        shard = run.shard()
+        say(f"distributed: {run.describe(batch_size)}; validation batch {val_batch_size}; whole batches "
+            f"only ({len(data.train_keys) % batch_size} training and "
+            f"{len(data.val_keys) % val_batch_size} validation images left out per epoch)")
+    with scope(run):
+        model = build_model(config, num_classes)
+        if resume:
+            model.set_weights(resume[0])
+        else:
+            report = load_initial_weights(model, config.weights)
+            if report is not None:
+                say(f"initial weights from {config.weights}: {report}")
+        freeze_layers(model, config.freeze)
 
-    bbox_util = BBoxUtility(num_classes, priors_from_model(model))
-    size = (config.input_size, config.input_size)
-    loading = dict(skip_bad_images=config.skip_bad_images, workers=config.workers,
-                   use_multiprocessing=config.multiprocessing)
-    train_data = SSDDataset(data.dataset.data, bbox_util, data.image_dir, data.train_keys, size,
-                            config.batch_size, train=True, augment=config.augment, seed=config.seed,
-                            **loading)
-    val_data = SSDDataset(data.dataset.data, bbox_util, data.image_dir, data.val_keys, size,
-                          config.batch_size, train=False, **loading)
-    loss = MultiboxLoss(num_classes, neg_pos_ratio=config.neg_pos_ratio,
-                        per_image_mining=config.per_image_mining)
-    model.compile(optimizer=make_optimizer(config), loss=loss.compute_loss, jit_compile=config.jit_compile)
+        bbox_util = BBoxUtility(num_classes, priors_from_model(model))
+        size = (config.input_size, config.input_size)
+        loading = dict(skip_bad_images=config.skip_bad_images, workers=config.workers,
+                       use_multiprocessing=config.multiprocessing, **shard)
+        train_data = SSDDataset(data.dataset.data, bbox_util, data.image_dir, data.train_keys, size,
+                                batch_size, train=True, augment=config.augment, seed=config.seed,
+                                **loading)
+        val_data = SSDDataset(data.dataset.data, bbox_util, data.image_dir, data.val_keys, size,
+                              val_batch_size, train=False, **loading)
+        loss = MultiboxLoss(num_classes, neg_pos_ratio=config.neg_pos_ratio,
+                            per_image_mining=config.per_image_mining)
+        model.compile(optimizer=make_optimizer(config), loss=loss.compute_loss, jit_compile=config.jit_compile)
 
-    start_epoch = state["epoch"]
-    if resume:
-        restore_optimizer(model, resume[1], checkpoint_path)
-        print(f"resuming from {checkpoint_path} after epoch {start_epoch}")
-    print(f"training on {len(data.train_keys)} images, validating on {len(data.val_keys)}; "
-          f"{num_classes - 1} classes; {config.optimizer} lr {config.lr} ({config.schedule}), "
-          f"batch {config.batch_size}, neg_pos_ratio {config.neg_pos_ratio}, augment {config.augment}")
-    if start_epoch >= config.epochs:
-        return _result("up_to_date", state, data.classes,
-                       f"already trained {start_epoch} of {config.epochs} epochs")
-    try:
-        # shuffle=False: SSDDataset shuffles by (seed, epoch); Keras would reorder the
-        # batches with Python's global random state, which a resumed run cannot restore.
-        model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=start_epoch,
-                  steps_per_epoch=config.steps_per_epoch, shuffle=False,
-                  callbacks=make_callbacks(config, state, start_epoch, train_data), verbose=0)
-    except KeyboardInterrupt:
-        save_last(model, config.out, state)
-        return _result("interrupted", state, data.classes,
-                       f"interrupted: saved {checkpoint_path} (epoch {state['epoch']}); "
-                       "continue with --resume")
+        start_epoch = state["epoch"]
+        if resume:
+            restore_optimizer(model, resume[1], checkpoint_path)
+            say(f"resuming from {checkpoint_path} after epoch {start_epoch}")
+        say(f"training on {len(data.train_keys)} images, validating on {len(data.val_keys)}; "
+            f"{num_classes - 1} classes; {config.optimizer} lr {config.lr} ({config.schedule}), "
+            f"batch {config.batch_size}, neg_pos_ratio {config.neg_pos_ratio}, augment {config.augment}")
+        if start_epoch >= config.epochs:
+            return _result("up_to_date", state, data.classes,
+                           f"already trained {start_epoch} of {config.epochs} epochs")
+        try:
+            # shuffle=False: SSDDataset shuffles by (seed, epoch); Keras would reorder the
+            # batches with Python's global random state, which a resumed run cannot restore.
+            model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=start_epoch,
+                      steps_per_epoch=config.steps_per_epoch, shuffle=False,
+                      callbacks=make_callbacks(config, state, start_epoch, train_data, run), verbose=0)
+        except KeyboardInterrupt:
+            if chief:
+                save_last(model, config.out, state)
+            return _result("interrupted", state, data.classes,
+                           f"interrupted: saved {checkpoint_path} (epoch {state['epoch']}); "
+                           "continue with --resume")
+        except Exception as e:
+            if run is None or run.num_processes == 1 or isinstance(e, UserError):
+                raise
+            raise run.failure(e) from e
     if state.get("nan"):
         good = (f"the weights of epoch {state['epoch']} are in {os.path.join(config.out, 'last.h5')}"
                 if state["epoch"] else "no epoch had finished")
@@ -331,6 +382,10 @@ def fit(config):
     return _result("done", state, data.classes,
                    f"done: {state['epoch']} epochs; best validation loss "
                    f"{best if best is None else round(best, 4)}; weights in {config.out}")
+
+
+def _quiet(*args, **kwargs):
+    """``print`` of the processes other than 0."""
 
 
 def _result(status, state, classes, message):
