@@ -122,11 +122,13 @@ class ProgressBar(keras.callbacks.Callback):
 
     Args:
         initial_epoch: the epoch the run starts from (after ``--resume``).
+        bar: show the bar; ``False`` prints the epoch lines only.
     """
 
-    def __init__(self, initial_epoch=0):
+    def __init__(self, initial_epoch=0, bar=True):
         super().__init__()
         self.initial_epoch = initial_epoch
+        self.show_bar = bar
         self.bar = None
 
     def on_train_begin(self, logs=None):
@@ -134,20 +136,25 @@ class ProgressBar(keras.callbacks.Callback):
 
         epochs, steps = self.params.get("epochs"), self.params.get("steps")
         total = (epochs - self.initial_epoch) * steps if epochs and steps else None
-        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, desc="training")
+        self.bar = tqdm(total=total, unit="step", dynamic_ncols=True, desc="training",
+                        disable=not self.show_bar)
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         self.bar.update(1)
-        if logs and "loss" in logs:
+        if logs and "loss" in logs and self.show_bar:
             self.bar.set_postfix(epoch=self.epoch + 1, loss=f"{float(logs['loss']):.3f}")
 
     def on_epoch_end(self, epoch, logs=None):
         values = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
                            if k.endswith("loss"))
-        self.bar.write(f"epoch {epoch + 1}/{self.params.get('epochs')}: {values}")
+        line = f"epoch {epoch + 1}/{self.params.get('epochs')}: {values}"
+        if self.show_bar:
+            self.bar.write(line)
+        else:
+            print(line, flush=True)
 
     def on_train_end(self, logs=None):
         if self.bar is not None:

@@ -76,6 +76,9 @@ class SamplePipeline:
         **augment_options: arguments of the augmentation policy.
     """
 
+    #: The last ImageError raised by :meth:`batch`, or ``None``.
+    failure = None
+
     def __init__(self, gt, bbox_util, path_prefix, image_size, augment="original", sizes=None,
                  **augment_options):
         self.gt = gt
@@ -141,6 +144,9 @@ class SamplePipeline:
                 _, target = self.load(key, rng, train, out=images[count], caffe=True)
             except ImageError as e:
                 if not skip_bad_images:
+                    # Keras re-raises a loader's error as its own (a TensorFlow
+                    # InvalidArgumentError); the training reports this one.
+                    self.failure = e
                     raise
                 warnings.warn(f"{e}; image skipped", stacklevel=2)
                 continue

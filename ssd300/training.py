@@ -36,7 +36,7 @@ from .datasets import load_training_data
 from .distribute import DEFAULT_TIMEOUT, DISTRIBUTIONS, scope
 from .distribute import start as start_distribution
 from .errors import UserError
-from .generator import SSDDataset
+from .generator import SSDDataset, annotation_sizes
 from .layout import num_classes_with_background
 from .priors import priors_from_model
 from .ssd_training import MultiboxLoss
@@ -273,8 +273,8 @@ def make_callbacks(config, state, initial_epoch, train_data, run=None):
         callbacks.append(TimeLimit(config.time_limit, agree=run.agree if run else None))
     if config.tensorboard and chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.out, "tensorboard")))
-    if config.progress and chief:
-        callbacks.append(ProgressBar(initial_epoch))
+    if chief:
+        callbacks.append(ProgressBar(initial_epoch, bar=config.progress))
     return callbacks
 
 
@@ -337,10 +337,11 @@ def fit(config):
         bbox_util = BBoxUtility(num_classes, priors_from_model(model))
         size = (config.input_size, config.input_size)
         loading = dict(skip_bad_images=config.skip_bad_images, workers=config.workers,
-                       use_multiprocessing=config.multiprocessing, **shard)
+                       use_multiprocessing=config.multiprocessing,
+                       sizes=annotation_sizes(data.dataset.annotations), **shard)
         train_data = SSDDataset(data.dataset.data, bbox_util, data.image_dir, data.train_keys, size,
                                 batch_size, train=True, augment=config.augment, seed=config.seed,
-                                **loading)
+                                steps_per_epoch=config.steps_per_epoch, **loading)
         val_data = SSDDataset(data.dataset.data, bbox_util, data.image_dir, data.val_keys, size,
                               val_batch_size, train=False, **loading)
         loss = MultiboxLoss(num_classes, neg_pos_ratio=config.neg_pos_ratio,
@@ -360,8 +361,9 @@ def fit(config):
         try:
             # shuffle=False: SSDDataset shuffles by (seed, epoch); Keras would reorder the
             # batches with Python's global random state, which a resumed run cannot restore.
+            # The dataset limits the steps per epoch itself (see SSDDataset).
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=start_epoch,
-                      steps_per_epoch=config.steps_per_epoch, shuffle=False,
+                      shuffle=False,
                       callbacks=make_callbacks(config, state, start_epoch, train_data, run), verbose=0)
         except KeyboardInterrupt:
             if chief:
@@ -370,6 +372,9 @@ def fit(config):
                            f"interrupted: saved {checkpoint_path} (epoch {state['epoch']}); "
                            "continue with --resume")
         except Exception as e:
+            failure = train_data.pipeline.failure or val_data.pipeline.failure
+            if failure is not None:
+                raise failure from None
             if run is None or run.num_processes == 1 or isinstance(e, UserError):
                 raise
             raise run.failure(e) from e

@@ -502,10 +502,6 @@ def _training_with_bad_images(voc, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="an unreadable image after the first batch (which Keras reads itself) "
-                                       "is raised inside tf.data and reaches the user as a TensorFlow "
-                                       "InvalidArgumentError traceback; ssd300/training.py fit() must re-raise "
-                                       "the ImageError (and should check the image headers before training)")
 def test_bad_image_stops_training_with_a_message(voc, tmp_path, capsys):
     root, first, second, batch, steps = _training_with_bad_images(voc, tmp_path)
     status, _, err = run_cli(capsys, *train_args(root, tmp_path / "run", "--batch-size", batch,
@@ -770,10 +766,6 @@ def test_kill_9_at_random_moments_leaves_a_checkpoint_that_resumes(voc, tmp_path
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="ssd300/training.py passes steps_per_epoch to Keras, which keeps one "
-                                       "iterator across epochs and ends an epoch early when it runs out (only a "
-                                       "UserWarning): 2 epochs of 2 steps over 3 batches run 3 steps, and a "
-                                       "resumed run (a fresh iterator) runs other steps than an uninterrupted one")
 def test_steps_per_epoch_runs_that_many_steps(voc, tmp_path, capsys):
     # 9 training pictures in 3 whole batches of 3.
     status, _, _ = run_cli(capsys, *train_args(voc, tmp_path / "run", "--epochs", "2", "--batch-size", "3"),
