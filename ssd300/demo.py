@@ -29,7 +29,7 @@ from .weights import load_weights_by_name
 #: slower machine reaches the same result, later.
 DEMO = dataclasses.replace(
     RECIPES["original"], input_size=128, batch_size=8, lr=3e-4, clipnorm=10.0, neg_pos_ratio=3.0,
-    augment="original", freeze=(), schedule="constant", epochs=8, val_fraction=0.1, out="runs/demo")
+    augment="original", freeze=(), schedule="constant", epochs=5, val_fraction=0.1, out="runs/demo")
 DEMO_IMAGES = 400
 
 
