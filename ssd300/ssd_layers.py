@@ -1,13 +1,17 @@
-"""The two layers SSD adds to Keras: ``Normalize`` and ``PriorBox``.
+"""The layers SSD adds to Keras: ``Normalize`` and ``PriorBox`` (and ``fc6``'s ``DilatedConv2D``).
 
-Both use ``keras`` and ``keras.ops`` only, so they run on the TensorFlow,
-JAX and PyTorch backends, and both are registered and config-complete, so a
+They use ``keras`` and ``keras.ops`` only, so they run on the TensorFlow,
+JAX and PyTorch backends, and they are registered and config-complete, so a
 model saved with ``model.save("x.keras")`` loads back after ``import ssd300``.
+``DilatedConv2D`` lives in :mod:`ssd300.dilated_conv`; importing it here
+registers it with the others.
 """
 
 import keras
 import numpy as np
 from keras import ops
+
+from .dilated_conv import DilatedConv2D  # noqa: F401  (registered on import)
 
 
 @keras.saving.register_keras_serializable(package="ssd300")

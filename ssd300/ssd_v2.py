@@ -7,7 +7,7 @@ Keras 2 HDF5 weight files load by layer name (see :mod:`ssd300.weights`).
 import keras
 from keras import layers
 
-from .ssd_layers import Normalize, PriorBox
+from .ssd_layers import DilatedConv2D, Normalize, PriorBox
 
 #: ``(source layer, min_size, max_size, aspect_ratios)`` of each prediction
 #: head, in the order their outputs are concatenated.
@@ -39,7 +39,7 @@ def prior_layer_names():
     return [prior_layer_name(source) for source, *_ in HEADS]
 
 
-def _conv(filters, kernel, name, initializer, **kwargs):
+def _conv(filters, kernel, name, initializer, layer=layers.Conv2D, **kwargs):
     kwargs.setdefault("padding", "same")
     kwargs.setdefault("activation", "relu")
     if initializer is None:
@@ -48,7 +48,7 @@ def _conv(filters, kernel, name, initializer, **kwargs):
         # first losses of a run from scratch in the hundreds; Glorot's makes
         # them vanish. 1.3 brings them to order 1 at the top.
         initializer = keras.initializers.VarianceScaling(1.3, "fan_in", "truncated_normal")
-    return layers.Conv2D(filters, kernel, name=name, kernel_initializer=initializer, **kwargs)
+    return layer(filters, kernel, name=name, kernel_initializer=initializer, **kwargs)
 
 
 def _vgg16_base(x, initializer):
@@ -107,7 +107,9 @@ def SSD300v2(input_shape, num_classes=21, kernel_initializer=None):
     init = kernel_initializer
     conv4_3, conv5_3 = _vgg16_base(inputs, init)
     pool5 = layers.MaxPooling2D(3, 1, padding="same", name="pool5")(conv5_3)
-    fc6 = _conv(1024, 3, "fc6", init, dilation_rate=6)(pool5)
+    # A Conv2D with the same weights and outputs, fast on every CPU (see
+    # ssd300.dilated_conv).
+    fc6 = _conv(1024, 3, "fc6", init, layer=DilatedConv2D, dilation_rate=6)(pool5)
     fc7 = _conv(1024, 1, "fc7", init)(fc6)
     conv6_1 = _conv(256, 1, "conv6_1", init)(fc7)
     conv6_2 = _conv(512, 3, "conv6_2", init, strides=2)(conv6_1)

@@ -1,0 +1,75 @@
+"""The training-step benchmark's FLOP count and batches, the speed settings, and the GPU script's dry run."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT
+
+keras = pytest.importorskip("keras")
+sys.path.insert(0, str(ROOT / "bench"))
+import bench_train  # noqa: E402
+
+from ssd300.speed import fit_settings  # noqa: E402
+
+
+def test_forward_flops_known_values():
+    from ssd300.ssd_v2 import SSD300v2
+
+    # SSD300 is 31.2 G multiply-adds per 300x300 image (Liu et al.'s VGG16 variant).
+    assert abs(bench_train.forward_flops(SSD300v2((300, 300, 3))) / 1e9 - 62.4) < 0.05
+    inputs = keras.Input((10, 10, 3))
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    x = keras.layers.Conv2D(6, 3, padding="valid")(x)
+    outputs = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x))
+    toy = keras.Model(inputs, outputs)
+    assert bench_train.forward_flops(toy) == 2 * (100 * 9 * 3 * 4 + 64 * 9 * 4 * 6 + 6 * 5)
+
+
+def test_training_batch_has_positives():
+    from ssd300.ssd_v2 import SSD300v2
+
+    model = SSD300v2((64, 64, 3))
+    x, y = bench_train.training_batch(model, 3)
+    assert x.shape == (3, 64, 64, 3) and y.shape == (3,) + model.output_shape[1:]
+    assert np.all(y[..., -8].sum(axis=1) >= 1)
+    np.testing.assert_allclose(y[..., 4:25].sum(-1), 1.0)
+
+
+def test_fit_settings_on_the_cpu():
+    # This suite's machine has no GPU: XLA only on JAX.
+    assert fit_settings("jax") == {"jit_compile": True}
+    assert fit_settings("torch") == {"jit_compile": False}
+    assert fit_settings() == fit_settings(keras.backend.backend())
+    if keras.backend.backend() == "tensorflow":
+        assert fit_settings("tensorflow") == {"jit_compile": False}
+
+
+@pytest.mark.slow
+def test_gpu_bench_dry_run(tmp_path):
+    pytest.importorskip("torch")
+    out = tmp_path / "out"
+    command = [sys.executable, str(ROOT / "tools" / "gpu_bench.py"), "--dry-run", "--out", str(out),
+               "--backends", "torch", "--precisions", "float32", "--train-backend", "torch",
+               "--data", str(tmp_path / "absent")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, KERAS_BACKEND="tensorflow"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "gpu_bench.json").read_text())
+    step = report["steps"][0]
+    assert step["backend"] == "torch" and step["batch"] == 2 and step["size"] == 64
+    assert step["images_per_s"] > 0 and np.isfinite(step["loss"])
+    assert report["steps"][1]["model"] == "torchvision ssd300_vgg16"
+    # The data did not travel: the pipeline and the training ran on the synthetic set, and said so.
+    assert [p["augment"] for p in report["pipeline"]] == ["original", "paper"]
+    assert all(p["images_per_s"] > 0 and "synthetic" in p["source"] for p in report["pipeline"])
+    training = report["training"]
+    assert training["returncode"] == 0, training["output_tail"]
+    assert [e["epoch"] for e in training["epochs"]] == [0, 1]
+    assert all(np.isfinite(e["loss"]) for e in training["epochs"])
+    assert "## Training step, 64x64, batch 2" in done.stdout and "synthetic" in done.stdout
+    assert (out / "gpu_bench.md").read_text() == done.stdout
