@@ -11,19 +11,9 @@ import os
 import subprocess
 import sys
 import time
+from common import matmul_gflops  # noqa: E402  (bench/ is on sys.path)
 
 FLOP_PER_IMAGE = 2 * 31.2e9
-
-
-def matmul_gflops(n=2048, repeat=5):
-    import numpy as np
-
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    t = time.perf_counter()
-    for _ in range(repeat):
-        a @ a
-    return 2 * n ** 3 * repeat / (time.perf_counter() - t) / 1e9
 
 
 def run_backend(backend):

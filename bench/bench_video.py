@@ -30,20 +30,10 @@ import os
 import sys
 import tempfile
 import time
+from common import matmul_gflops  # noqa: E402  (bench/ is on sys.path)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def matmul_gflops(n=2048, repeat=5):
-    import numpy as np
-
-    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
-    a @ a
-    t = time.perf_counter()
-    for _ in range(repeat):
-        a @ a
-    return 2 * n ** 3 * repeat / (time.perf_counter() - t) / 1e9
 
 
 def build_detector(size, num_classes=21):

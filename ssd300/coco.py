@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import UserError
-from .voc import Annotation, AnnotationError
+from .voc import Annotation, AnnotationError, image_path_problem
 
 #: Pixels a box may exceed the image by (float rounding of exports); the excess is clipped.
 BOX_TOLERANCE = 1.0
@@ -231,14 +231,8 @@ def _outside(name):
     """Why ``name`` is not a plain relative path inside the image folder, or ``None``."""
     if not name:
         return "an empty file_name"
-    if "/" not in name and "\\" not in name and ":" not in name and name != "..":
-        return None
-    parts = name.replace("\\", "/").split("/")
-    if name.startswith(("/", "\\")) or os.path.isabs(name) or (len(name) > 1 and name[1] == ":"):
-        return f"file_name {name!r} is an absolute path; it must be relative to the image folder"
-    if ".." in parts:
-        return f"file_name {name!r} points outside the image folder"
-    return None
+    problem = image_path_problem(name)
+    return problem.replace("file name", "file_name", 1) if problem else None
 
 
 def _categories(raw, path):
