@@ -42,12 +42,16 @@ def _positive_int(text):
     return value
 
 
-def _positive_float(text):
+def _number(text):
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value != value or value == float("inf"):
+
+
+def _positive_float(text):
+    value = _number(text)
+    if not 0 < value < float("inf"):  # NaN fails too
         raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
     return value
 
@@ -60,10 +64,7 @@ def _input_size(text):
 
 
 def _fraction(text):
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    value = _number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
@@ -210,20 +211,28 @@ def _class_list(path):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _classes(classes_file, voc_root=None, weights=None):
+def _class_file(classes_file, voc_root=None, weights=None):
     """``--classes FILE``, else ``classes.txt`` beside the weights (training writes it), else the
-    dataset's, else the 20 VOC classes."""
+    dataset's; ``None`` when there is none."""
+    if classes_file:
+        return classes_file
+    for folder in (os.path.dirname(os.path.abspath(weights)) if weights else None, voc_root):
+        if folder and os.path.isfile(os.path.join(folder, "classes.txt")):
+            return os.path.join(folder, "classes.txt")
+    return None
+
+
+def _classes(classes_file, voc_root=None, weights=None):
+    """The names in :func:`_class_file`'s file, else the 20 VOC classes."""
     from .voc import VOC_CLASSES, read_classes_file
 
-    for folder in (os.path.dirname(os.path.abspath(weights)) if weights else None, voc_root):
-        if not classes_file and folder and os.path.isfile(os.path.join(folder, "classes.txt")):
-            classes_file = os.path.join(folder, "classes.txt")
-    if not classes_file:
+    path = _class_file(classes_file, voc_root, weights)
+    if path is None:
         return VOC_CLASSES
     try:
-        return read_classes_file(classes_file)
+        return read_classes_file(path)
     except OSError as e:
-        raise UserError(f"{classes_file}: cannot read class list ({e.strerror})") from None
+        raise UserError(f"{path}: cannot read class list ({e.strerror})") from None
 
 
 def _model(args, classes):
@@ -350,8 +359,9 @@ def _evaluate_coco(args):
     from .evaluation import format_ap_table
 
     annotation_file, images = coco_source(args.coco_json, args.images, args.split)
-    beside = os.path.join(os.path.dirname(os.path.abspath(args.weights)), "classes.txt")
-    classes = _classes(args.classes, weights=args.weights) if args.classes or os.path.isfile(beside) else None
+    # Without a class list, the dataset's categories with boxes.
+    classes = _classes(args.classes, weights=args.weights) if _class_file(args.classes, weights=args.weights) \
+        else None
     dataset = load_coco(annotation_file, images, classes=classes, keep_empty=True)
     detector = _detector(args, dataset.classes)
     results = args.results_json or os.path.join(args.out, "detections.coco.json")
