@@ -8,19 +8,24 @@ backend and exports to ONNX, TensorFlow SavedModel and LiteRT (see
 The algorithm, per image:
 
 1. The ``max_candidates`` best ``(class, prior)`` scores above
-   ``confidence_threshold`` (background excluded), by one ``top_k`` over the
-   flat index ``class * num_priors + prior``: by decreasing score, equal
-   scores by class then prior (``top_k`` puts the lower index first), which
-   is the output's order.
+   ``confidence_threshold`` (background excluded): first the
+   ``max_candidates`` priors with the best foreground score, which hold every
+   one of those candidates, then one ``top_k`` over their pairs' flat index
+   ``class * max_candidates + slot`` (slots in prior order): by decreasing score, equal scores
+   by class then prior (``top_k`` puts the lower index first), which is the
+   output's order.
 2. Only those candidates' boxes are decoded, with
    :func:`ssd300.ssd_utils.decode_boxes`'s formula.
 3. Greedy NMS for all classes and images at once, as
-   :func:`ssd300.box_ops.batched_nms` does it: the candidates are grouped by
-   class (keeping their order), and in each round every class keeps its best
-   undecided candidate and drops the undecided candidates of its class that
-   it overlaps by more than ``nms_thresh``. The loop runs as many rounds as
-   the largest number of boxes one class keeps, at most ``top_k``; a round is
-   a few dozen ops on ``(batch, max_candidates)`` tensors.
+   :func:`ssd300.box_ops.batched_nms` decides it, in tiles: the candidates
+   are grouped by class (keeping their order) and each class's block is cut
+   into tiles of 32. Round ``r`` compares every candidate with tile ``r`` of
+   its block, settles the tile (greedy NMS inside it is the unique fixed
+   point of "kept if alive and overlapped by no kept earlier member"), and
+   lets its kept boxes drop the later candidates they overlap by more than
+   ``nms_thresh``. The loop runs ``ceil(n / 32)`` rounds for the largest
+   class block ``n`` (10 for 300 candidates of one class) instead of one per
+   kept box; each class then keeps its first ``top_k``.
 4. The first ``keep_top_k`` kept candidates, in the order of step 1.
 
 The one bound ``detection_out`` does not have is ``max_candidates``. With at
@@ -40,6 +45,8 @@ from .layout import num_classes_of, split_predictions
 
 # Sorts non-kept candidates after every kept one.
 _BIG = 2**31 - 1
+# Candidates per NMS tile (DecodeDetections._nms): 32 was fastest on TF graph, XLA and onnxruntime.
+_TILE = 32
 
 
 def decode_boxes(mbox_loc, mbox_priorbox, variances):
@@ -159,20 +166,46 @@ class DecodeDetections(keras.layers.Layer):
                              f"max_candidates={self.max_candidates} overflow int32 indices")
         return num_priors, num_classes, candidates
 
+    def _foreground_best(self, scores, num_classes):
+        """``(B, P)``: each prior's best foreground score above the threshold, else ``-inf``."""
+        threshold = self.confidence_threshold
+        # Not-above-threshold scores (NaN included) become -inf before the max,
+        # so a NaN column cannot hide a candidate of another class.
+        scores = ops.where(scores > threshold, scores, -np.inf)
+        background = self.background_label_id
+        if background is None or not 0 <= background < num_classes:
+            return ops.max(scores, axis=-1)
+        parts = [scores[..., a:b] for a, b in ((0, background), (background + 1, num_classes)) if b > a]
+        if not parts:
+            return ops.full(ops.shape(scores)[:-1], -np.inf)
+        best = ops.max(parts[0], axis=-1)
+        for part in parts[1:]:
+            best = ops.maximum(best, ops.max(part, axis=-1))
+        return best
+
     def call(self, predictions):
         predictions = ops.convert_to_tensor(predictions, dtype="float32")
         num_priors, num_classes, m = self._sizes(predictions.shape)
         batch = ops.shape(predictions)[0]
 
-        # 1. The best candidates: one top_k over (class, prior) pairs, flat
-        # index class * P + prior, so equal scores come by class, then prior:
-        # the order of the output, and by prior within a class as NMS needs.
-        scores = ops.transpose(split_predictions(predictions)[1], (0, 2, 1))
+        # 1. The best candidates. First the (at most) m priors with the best
+        # foreground scores, in prior order: every prior that holds one of
+        # the m best (class, prior) candidates is among them. Then one top_k
+        # over their (class, prior) pairs, flat index class * mp + slot, so
+        # equal scores come by class, then prior: the order of the output,
+        # and by prior within a class as NMS needs.
+        best = self._foreground_best(split_predictions(predictions)[1], num_classes)
+        mp = min(m, num_priors)
+        _, prior = ops.top_k(best, mp)
+        prior = ops.sort(ops.cast(prior, "int32"), axis=1)
+        rows = _gather_rows(predictions, prior)  # (B, mp, 4 + C + 8)
+        scores = ops.transpose(split_predictions(rows)[1], (0, 2, 1))  # (B, C, mp)
         candidate = scores > self.confidence_threshold
         if self.background_label_id is not None and 0 <= self.background_label_id < num_classes:
             not_background = np.arange(num_classes) != self.background_label_id
             candidate = ops.logical_and(candidate, not_background[:, None])
-        flat = ops.reshape(ops.where(candidate, scores, -np.inf), (-1, num_classes * num_priors))
+        flat = ops.reshape(ops.where(candidate, scores, -np.inf), (-1, num_classes * mp))
+        m = min(m, num_classes * mp)
         values, index = ops.top_k(flat, m)
         if keras.config.backend() == "torch":
             # torch.topk leaves the order of equal values unspecified: restore
@@ -183,15 +216,14 @@ class DecodeDetections(keras.layers.Layer):
             values, index = ops.take_along_axis(values, order, 1), ops.take_along_axis(index, order, 1)
         index = ops.cast(index, "int32")
         valid = values > -np.inf
-        label = index // num_priors
-        prior = index % num_priors
+        label = index // mp
 
         # 2. Decode the candidates' boxes.
-        offsets, _, prior_boxes, variances = split_predictions(_gather_rows(predictions, prior))
+        offsets, _, prior_boxes, variances = split_predictions(_gather_rows(rows, index % mp))
         boxes = decode_boxes(offsets, prior_boxes, variances)
 
-        # 3. Greedy NMS, one kept box per (image, class) per round, on the
-        # candidates grouped by class (the same order within a class).
+        # 3. Greedy NMS on the candidates grouped by class (the same order
+        # within a class).
         rank = ops.broadcast_to(ops.arange(m, dtype="int32")[None], (batch, m))
         group = ops.where(valid, label, num_classes)  # no class: a last group, never kept
         order = ops.argsort(group * m + rank, axis=1)
@@ -218,77 +250,95 @@ class DecodeDetections(keras.layers.Layer):
         }
 
     def _nms(self, boxes, group, batch, num_classes, m):
-        """``(B, m)`` bool: the candidates greedy per-class NMS keeps.
+        """``(B, m)`` bool: the candidates greedy per-class NMS keeps, at most ``top_k`` a class.
 
         Args:
             boxes: ``(B, m, 4)`` the candidates' boxes.
             group: ``(B, m)`` their classes, ascending (``num_classes``: no
                 candidate); within a class, by decreasing score.
 
-        Each round, the first undecided candidate of every class block is kept
-        and drops the undecided candidates of its block it overlaps by more
-        than ``nms_thresh``. Cumulative sums over the row find the blocks'
-        first undecided candidates, the same few cheap ops on every backend
-        and exported runtime.
+        The candidates of each class form a block; the blocks are cut into
+        tiles of ``W`` consecutive candidates. Round ``r`` settles tile ``r``
+        of every block of every image at once: every candidate is compared
+        with its block's tile ``r`` (IoU above ``nms_thresh``, tile member
+        first in the block), greedy NMS inside the tile is the fixed point of
+        "alive and not overlapped by a kept earlier member" (unique, because
+        "earlier" is a strict order, and reached in as many steps as the
+        longest chain of suppressions in the tile), and the kept members drop
+        the alive candidates after them. So the loop runs ``ceil(n / W)``
+        rounds for the largest block ``n``, instead of one per kept box.
         """
+        tile = min(_TILE, m)
+        groups = num_classes
         flat_boxes = ops.reshape(boxes, (-1, 4))
-        lo = ops.minimum(flat_boxes[:, :2], flat_boxes[:, 2:])  # (B * m, 2): x1, y1
-        hi = ops.maximum(flat_boxes[:, :2], flat_boxes[:, 2:])  # x2, y2
-        area = (hi[:, 0] - lo[:, 0]) * (hi[:, 1] - lo[:, 1])
-        # The flat index of each candidate's block start, and of its image's first candidate.
-        groups = num_classes + 1
+        # Coordinates as separate (B * m,) vectors: no pair tensor has a
+        # short last axis (onnxruntime's broadcasting Min/Max are slow on
+        # short spans).
+        x1, y1, x2, y2 = (flat_boxes[:, i] for i in range(4))
+        x1, x2 = ops.minimum(x1, x2), ops.maximum(x1, x2)
+        y1, y2 = ops.minimum(y1, y2), ops.maximum(y1, y2)
+        area = (x2 - x1) * (y2 - y1)
+        coordinates = (x1, y1, x2, y2, area)
         counts = ops.sum(ops.cast(group[:, None, :] == ops.arange(groups, dtype="int32")[None, :, None],
-                                  "int32"), axis=2)
+                                  "int32"), axis=2)  # (B, G)
+        starts = ops.cumsum(counts, axis=1) - counts  # each block's first position in its image
         image = ops.arange(batch, dtype="int32")[:, None]
-        starts = ops.reshape(ops.cumsum(counts, axis=1) - counts + image * m, (-1,))
-        block_start = ops.take(starts, ops.reshape(group + image * groups, (-1,)), axis=0)
-        image_start = ops.reshape(ops.broadcast_to(image * m, (batch, m)), (-1,))
-        position = ops.broadcast_to(ops.arange(1, m + 1, dtype="int32")[None], (batch, m))
+        # Each candidate's block (the no-class candidates are never alive: any block).
+        block = ops.reshape(ops.minimum(group, groups - 1) + image * groups, (-1,))  # (B * m,)
+        # Each candidate's position in its block.
+        in_block = ops.reshape(ops.arange(m, dtype="int32")[None] - ops.take_along_axis(
+            starts, ops.minimum(group, groups - 1), axis=1), (-1,))
+        slots = ops.arange(tile, dtype="int32")
         threshold = self.nms_thresh
-        max_rounds = self.top_k
 
-        def before_block(running, value):
-            """``running`` (a cumulative sum of ``value``) just before each candidate's block."""
-            return ops.take(ops.reshape(running - value, (-1,)), block_start, axis=0)
+        def overlaps(r):
+            """``(B * m, W)``: each candidate overlaps slot ``s`` of its block's tile ``r``, before it."""
+            offset = r * tile + slots  # (W,)
+            # (B * G, W): the tile's positions, flat over the batch.
+            position = ops.reshape(ops.minimum(starts[..., None] + offset, m - 1) + image[..., None] * m,
+                                   (-1, tile))
+            t_x1, t_y1, t_x2, t_y2, t_area = (ops.take(ops.take(c, position, axis=0), block, axis=0)
+                                              for c in coordinates)
+            # box_ops.batched_nms's IoU, op for op; a box of no area gives 0
+            # or NaN, never above the threshold.
+            w = ops.maximum(ops.minimum(x2[:, None], t_x2) - ops.maximum(x1[:, None], t_x1), 0.0)
+            h = ops.maximum(ops.minimum(y2[:, None], t_y2) - ops.maximum(y1[:, None], t_y1), 0.0)
+            inter = w * h
+            iou = inter / (area[:, None] + t_area - inter)
+            before = offset[None] < in_block[:, None]
+            return ops.logical_and(iou > threshold, before), position
 
-        def one_round(undecided, kept, allowed):
-            flat_undecided = ops.reshape(undecided, (-1,))
-            count = ops.cast(undecided, "int32")
-            running = ops.cumsum(count, axis=1)
-            # The head: its block's first undecided candidate.
-            head = ops.logical_and(
-                flat_undecided, ops.reshape(running, (-1,)) - before_block(running, count) == 1)
-            if allowed is not None:
-                head = ops.logical_and(head, allowed)
-            # Its position + 1 beside each candidate after it in the block.
-            value = ops.reshape(ops.where(head, ops.reshape(position, (-1,)), 0), (-1, m))
-            running = ops.cumsum(value, axis=1)
-            head_position = ops.reshape(running, (-1,)) - before_block(running, value)
-            h = image_start + ops.maximum(head_position - 1, 0)
-            # box_ops.batched_nms's IoU, op for op (no column slices: slow in
-            # onnxruntime); a box of no area gives 0 or NaN, never above the
-            # threshold.
-            wh = ops.maximum(ops.minimum(hi, ops.take(hi, h, axis=0))
-                             - ops.maximum(lo, ops.take(lo, h, axis=0)), 0.0)
-            inter = ops.prod(wh, axis=1)
-            drop = ops.logical_or(inter / (area + ops.take(area, h, axis=0) - inter) > threshold, head)
-            undecided = ops.logical_and(flat_undecided, ops.logical_not(drop))
-            return ops.reshape(undecided, (-1, m)), ops.logical_or(kept, ops.reshape(head, (-1, m)))
+        def body(r, alive):
+            overlap, position = overlaps(r)
+            flat_position = ops.reshape(position, (-1,))
+            in_tile = ops.reshape(r * tile + slots < counts[..., None], (-1, tile))
+            member_alive = ops.logical_and(ops.reshape(ops.take(alive, flat_position, axis=0), (-1, tile)),
+                                           in_tile)  # (B * G, W)
+            # (B * G, W member, W slot): the member overlaps the earlier slot.
+            member_overlap = ops.reshape(ops.take(overlap, flat_position, axis=0), (-1, tile, tile))
 
-        def cond(i, undecided, kept):
-            return ops.logical_and(i < max_rounds, ops.any(undecided))
+            def step(keep, changed):
+                suppressed = ops.any(ops.logical_and(member_overlap, keep[:, None, :]), axis=2)
+                new = ops.logical_and(member_alive, ops.logical_not(suppressed))
+                return new, ops.any(ops.not_equal(new, keep))
 
-        def body(i, undecided, kept):
-            # Two rounds per iteration halve the loop's own cost; the second
-            # is void past top_k rounds.
-            undecided, kept = one_round(undecided, kept, None)
-            undecided, kept = one_round(undecided, kept, i + 1 < max_rounds)
-            return i + 2, undecided, kept
+            keep, _ = ops.while_loop(lambda keep, changed: changed, step,
+                                     (member_alive, ops.convert_to_tensor(True)))
+            suppressed = ops.any(ops.logical_and(overlap, ops.take(keep, block, axis=0)), axis=1)
+            return r + 1, ops.logical_and(alive, ops.logical_not(suppressed))
 
-        valid = group < num_classes
-        _, _, kept = ops.while_loop(cond, body, (ops.convert_to_tensor(0, "int32"), valid,
-                                                 ops.zeros_like(valid)))
-        return kept
+        rounds = (ops.max(counts) + tile - 1) // tile
+        alive = ops.reshape(group < num_classes, (-1,))
+        _, alive = ops.while_loop(lambda r, alive: r < rounds, body,
+                                  (ops.convert_to_tensor(0, "int32"), alive))
+        # top_k: each class keeps its first top_k survivors (greedy's first top_k).
+        alive = ops.reshape(alive, (batch, m))
+        count = ops.cast(alive, "int32")
+        running = ops.cumsum(count, axis=1)
+        block_start = ops.take(ops.reshape(starts + image * m, (-1,)), block, axis=0)
+        before_block = ops.reshape(ops.take(ops.reshape(running - count, (-1,)), block_start, axis=0),
+                                   (batch, m))
+        return ops.logical_and(alive, running - before_block <= self.top_k)
 
     def compute_output_spec(self, predictions):
         self._sizes(predictions.shape)

@@ -116,6 +116,26 @@ def test_many_overlapping_boxes(rng):
 
 
 @pytest.mark.backend
+def test_a_chain_of_suppressions_across_tiles(rng):
+    # 100 boxes of one class in a row, each shifted by a quarter of its width:
+    # a box overlaps the next (IoU 0.6) but not the one after (0.33), so the
+    # greedy result alternates, each decision waiting for the previous one,
+    # across the 32-candidate tiles the layer settles in rounds.
+    n = 100
+    x = 0.005 * np.arange(n)
+    boxes = np.stack([x, np.full(n, 0.4), x + 0.02, np.full(n, 0.42)], axis=1)
+    priors = with_variances(np.concatenate([boxes, random_boxes(rng, P - n, 0.05, 0.3)]))
+    scores = np.zeros((B, P, C))
+    scores[..., 0] = 1.0
+    scores[:, :n, 0] = 0.0
+    scores[:, :n, 2] = 0.9 - 0.005 * np.arange(n)
+    predictions = make_predictions(rng, B, priors, scores)
+    predictions[:, :, :4] = 0.0  # each box is its prior
+    for e in check(predictions, top_k=400):
+        np.testing.assert_allclose(e[:, 2], x[::2], atol=1e-6)
+
+
+@pytest.mark.backend
 def test_an_image_with_nothing(rng):
     priors = with_variances(random_boxes(rng, P))
     scores = np.zeros((B, P, C))
