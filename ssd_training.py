@@ -11,7 +11,16 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from ssd300.ssd_training import MultiboxLoss  # noqa: E402,F401
+
+def __getattr__(name):
+    # Lazily, so that running the script chooses TensorFlow's CPU kernels
+    # before TensorFlow is imported (ssd300.speed).
+    if name == "MultiboxLoss":
+        from ssd300.ssd_training import MultiboxLoss
+
+        return MultiboxLoss
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 if __name__ == "__main__":
     from ssd300.cli import train_main

@@ -177,15 +177,31 @@ def _exit_status(result):
     return {"done": 0, "up_to_date": 0, "nan": 1, "interrupted": 130}[result.status]
 
 
+#: The input size when ``--input-size`` is not given: TrainConfig's and the demo's
+#: (known here before Keras is imported; tests/test_cli.py checks them).
+DEFAULT_INPUT_SIZE = {"train": 300, "demo": 128}
+
+
+def _choose_cpu_kernels(args, command):
+    """Before Keras and TensorFlow are imported: the fastest CPU kernels for this input size."""
+    from .speed import choose_tensorflow_cpu_kernels
+
+    note = choose_tensorflow_cpu_kernels(getattr(args, "input_size", DEFAULT_INPUT_SIZE[command]))
+    if note:
+        print(note)
+
+
 def _cmd_train(args):
     if getattr(args, "demo", False):
         return _cmd_demo(args)
+    _choose_cpu_kernels(args, "train")
     from .training import fit
 
     return _exit_status(fit(training_config(args)))
 
 
 def _cmd_demo(args):
+    _choose_cpu_kernels(args, "demo")
     from .demo import DEMO, DEMO_IMAGES, describe, run_demo
 
     config = training_config(args, base=DEMO)

@@ -14,6 +14,7 @@ keras = pytest.importorskip("keras")
 sys.path.insert(0, str(ROOT / "bench"))
 import bench_train  # noqa: E402
 
+from ssd300.speed import GENERIC_KERNELS_ABOVE, choose_tensorflow_cpu_kernels, cpu_has_avx512  # noqa: E402
 from ssd300.speed import fit_settings  # noqa: E402
 
 
@@ -47,6 +48,39 @@ def test_fit_settings_on_the_cpu():
     assert fit_settings() == fit_settings(keras.backend.backend())
     if keras.backend.backend() == "tensorflow":
         assert fit_settings("tensorflow") == {"jit_compile": False}
+
+
+def test_cpu_kernels_chosen_by_cpu_and_input_size(tmp_path):
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\n")
+    avx512 = tmp_path / "avx512"
+    avx512.write_text("flags\t\t: fpu sse2 avx avx2 fma avx512f avx512dq\n")
+    assert (cpu_has_avx512(avx2), cpu_has_avx512(avx512), cpu_has_avx512(tmp_path / "absent")) == (False, True, None)
+
+    def choose(size, cpuinfo=avx2, modules=(), **environ):
+        note = choose_tensorflow_cpu_kernels(size, environ, cpuinfo, modules)
+        return environ.get("TF_ENABLE_ONEDNN_OPTS"), note
+
+    value, note = choose(300)
+    assert value == "0" and "300x300" in note
+    assert choose(GENERIC_KERNELS_ABOVE + 1)[0] == "0"
+    assert choose(GENERIC_KERNELS_ABOVE) == (None, None)  # the demo's 128 and up to 200: oneDNN
+    assert choose(300, cpuinfo=avx512) == (None, None)
+    assert choose(300, cpuinfo=tmp_path / "absent") == (None, None)  # unknown CPU: leave it
+    assert choose(300, TF_ENABLE_ONEDNN_OPTS="1") == ("1", None)  # the user's choice
+    assert choose(300, KERAS_BACKEND="jax") == (None, None)
+    assert choose(300, modules={"tensorflow": None}) == (None, None)  # too late to choose
+
+
+def test_training_script_imports_no_tensorflow_before_choosing():
+    from ssd300 import cli
+    from ssd300.demo import DEMO
+    from ssd300.training import TrainConfig
+
+    assert cli.DEFAULT_INPUT_SIZE == {"train": TrainConfig().input_size, "demo": DEMO.input_size}
+    code = ("import sys, ssd_training, ssd300.cli; assert 'tensorflow' not in sys.modules; "
+            "from ssd_training import MultiboxLoss; assert MultiboxLoss.__name__ == 'MultiboxLoss'")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
 @pytest.mark.slow
