@@ -15,14 +15,18 @@ Two policies:
 
 Speed (bench/bench_pipeline.py): the policies draw their random numbers in
 the originals' order, then crop, resize and flip with Pillow on 8-bit pixels,
-run the colour arithmetic on contiguous float32 channel planes ``(3, H, W)``
-(NumPy is slow on the 3-value inner axis of an ``(H, W, 3)`` array), and
-write the result, or directly the network input (``caffe=True``), into a
-slot of the batch. The pixels are those of the step-by-step computation on
+run the colour arithmetic on contiguous channel planes ``(3, H, W)`` (NumPy
+is slow on the 3-value inner axis of an ``(H, W, 3)`` array), 8-bit where the
+steps are 8-bit, and write the result, or directly the network input
+(``caffe=True``), into a slot of the batch. Of the paper's zoom-out canvas
+only the lines that cross the image are resized (:func:`resize_on_fill`).
+The pixels are those of the step-by-step computation on
 ``(H, W, 3)`` arrays: the paper's policy gives the same bytes, the original's
 differs only by the order of float32 sums (luma mean, colour covariance),
 well under 0.1 of a level (tests/test_augment.py).
 """
+
+import math
 
 import numpy as np
 from PIL import Image
@@ -140,10 +144,11 @@ def flip_boxes(boxes, flip_h, flip_v):
     """The boxes of the image mirrored left-right and / or top-bottom."""
     if flip_h or flip_v:
         boxes = boxes.copy()
+    # Column slices (0, 2), (2, 0), ... rather than index lists: views, no copies.
     if flip_h:
-        boxes[:, [0, 2]] = 1 - boxes[:, [2, 0]]
+        boxes[:, 0:3:2] = 1 - boxes[:, 2::-2]
     if flip_v:
-        boxes[:, [1, 3]] = 1 - boxes[:, [3, 1]]
+        boxes[:, 1:4:2] = 1 - boxes[:, 3:0:-2]
     return boxes
 
 
@@ -193,10 +198,10 @@ def crop_boxes(boxes, x, y, w, h, img_w, img_h):
     Keeps exactly the boxes whose centre lies strictly inside the rectangle
     (:func:`centres_inside`), clipped to it and renormalised to the crop.
     """
-    kept = boxes[centres_inside(boxes, [crop_rect(x, y, w, h, img_w, img_h)])[:, 0]].copy()
+    kept = boxes[centres_inside(boxes, [crop_rect(x, y, w, h, img_w, img_h)])[:, 0]]
     x_rel, y_rel, w_rel, h_rel = x / img_w, y / img_h, w / img_w, h / img_h
-    kept[:, [0, 2]] = np.clip((kept[:, [0, 2]] - x_rel) / w_rel, 0, 1)
-    kept[:, [1, 3]] = np.clip((kept[:, [1, 3]] - y_rel) / h_rel, 0, 1)
+    kept[:, 0:3:2] = np.clip((kept[:, 0:3:2] - x_rel) / w_rel, 0, 1)
+    kept[:, 1:4:2] = np.clip((kept[:, 1:4:2] - y_rel) / h_rel, 0, 1)
     return kept
 
 
@@ -209,8 +214,8 @@ def crop(image, boxes, x, y, w, h):
 def expand_boxes(boxes, img_w, img_h, new_w, new_h, left, top):
     """Boxes of an ``img_w x img_h`` image placed at ``(left, top)`` on a ``new_w x new_h`` canvas."""
     boxes = boxes.copy()
-    boxes[:, [0, 2]] = (boxes[:, [0, 2]] * img_w + left) / new_w
-    boxes[:, [1, 3]] = (boxes[:, [1, 3]] * img_h + top) / new_h
+    boxes[:, 0:3:2] = (boxes[:, 0:3:2] * img_w + left) / new_w
+    boxes[:, 1:4:2] = (boxes[:, 1:4:2] * img_h + top) / new_h
     return boxes
 
 
@@ -239,13 +244,124 @@ def canvas_window(image, left, top, window, fill=MEAN_RGB):
     return canvas if isinstance(image, Image.Image) else np.asarray(canvas)
 
 
+def _influenced(in_size, box_size, out_size, first, last):
+    """Output pixels ``[start, stop)`` of Pillow's bilinear resize along one axis
+    (``in_size`` pixels, the box ``[0, box_size)``, ``out_size`` pixels out) that
+    include all those whose taps reach the input pixels ``[first, last)``.
+
+    Pillow's output pixel ``i`` has its centre at ``(i + 0.5) * scale`` (the box
+    in float32) and its taps within ``support = max(scale, 1)`` of it, the ends
+    rounded; two more pixels on each side cover the rounding.
+    """
+    scale = float(np.float32(box_size)) / out_size
+    support = max(scale, 1.0)
+    start = max(0, math.floor((first + 0.5 - support) / scale - 0.5) - 2)
+    stop = min(out_size, math.ceil((last - 0.5 + support) / scale - 0.5) + 2)
+    return (start, stop) if start < stop else (0, 0)
+
+
+def _probe_pass_order():
+    """How this Pillow orders the two passes of a resize: ``"rows"`` (rows first,
+    always: Pillow < 13), ``"shrink"`` (columns first when the height shrinks by
+    more than twice as many pixels as the width: Pillow 13), or ``None`` (neither:
+    :func:`resize_on_fill` then resizes the whole canvas).
+
+    Found once, by resizing a small random picture in one call and in two.
+    """
+    rng = np.random.default_rng(0)
+    found = []
+    for in_size, out_size in (((24, 96), (20, 30)), ((96, 24), (30, 20))):  # (width, height)
+        img = Image.fromarray(rng.integers(0, 256, in_size[::-1] + (3,), dtype=np.uint8))
+        whole = img.resize(out_size, Image.BILINEAR).tobytes()
+        rows = img.resize((out_size[0], in_size[1]), Image.BILINEAR).resize(out_size, Image.BILINEAR)
+        columns = img.resize((in_size[0], out_size[1]), Image.BILINEAR).resize(out_size, Image.BILINEAR)
+        found.append("rows" if rows.tobytes() == whole else "columns" if columns.tobytes() == whole else None)
+    return {("rows", "rows"): "rows", ("columns", "rows"): "shrink"}.get(tuple(found))
+
+
+_PASS_ORDER = []
+
+
+def _columns_first(in_size, out_size):
+    """Whether Pillow resizes ``in_size`` to ``out_size`` (``(width, height)``) columns
+    first; ``None`` when its order is unknown."""
+    if not _PASS_ORDER:
+        _PASS_ORDER.append(_probe_pass_order())
+    order = _PASS_ORDER[0]
+    if order is None:
+        return None
+    shrink_w, shrink_h = in_size[0] - out_size[0], in_size[1] - out_size[1]
+    return order == "shrink" and shrink_h > 0 and shrink_h > 2 * shrink_w
+
+
+def resize_on_fill(part, left, top, canvas_size, box_size, size, fill):
+    """Pillow's bilinear resize of a canvas filled with ``fill`` that holds ``part`` at
+    ``(left, top)``, the same bytes, for about the cost of resizing ``part`` alone.
+
+    Pillow resizes in two passes (rows, then columns; or the other way round
+    when the height shrinks much more, from Pillow 13 on) through an 8-bit
+    image, and a pixel whose taps see only fill comes out as the fill (the
+    fixed-point taps sum to one within far less than a level). So the first
+    pass runs on the lines of the canvas that cross ``part`` (at the canvas's
+    full length, for the same taps) and the second on the lines those reach;
+    everything else is fill. Each pass is one Pillow call that resizes one
+    axis only.
+
+    Args:
+        part: RGB ``PIL.Image``.
+        left, top: where ``part`` lies on the canvas, in pixels.
+        canvas_size: ``(width, height)`` of the canvas.
+        box_size: ``(width, height)`` of the region ``[0, width) x [0, height)``
+            of the canvas that is resized (Pillow's ``box``; may be fractional).
+        size: output ``(height, width)``.
+        fill: the canvas colour, RGB integers.
+
+    Returns:
+        ``PIL.Image`` of ``size``.
+    """
+    out_h, out_w = size
+    (canvas_w, canvas_h), (box_w, box_h) = canvas_size, box_size
+    columns_first = _columns_first(canvas_size, (out_w, out_h))
+    if columns_first is None:
+        canvas = Image.new("RGB", canvas_size, fill)
+        canvas.paste(part, (left, top))
+        return canvas.resize((out_w, out_h), Image.BILINEAR, box=(0, 0, box_w, box_h))
+    out = Image.new("RGB", (out_w, out_h), fill)
+    if columns_first:
+        # The columns through part, whole height: columns pass only.
+        lines = Image.new("RGB", (part.width, canvas_h), fill)
+        lines.paste(part, (0, top))
+        lines = lines.resize((part.width, out_h), Image.BILINEAR, box=(0, 0, part.width, box_h))
+        y0, y1 = _influenced(canvas_h, box_h, out_h, top, top + part.height)
+        if y0 == y1:
+            return out
+        # The output rows they reach, whole width: rows pass only.
+        lines = lines.crop((0, y0, part.width, y1))
+        second = Image.new("RGB", (canvas_w, y1 - y0), fill)
+        second.paste(lines, (left, 0))
+        out.paste(second.resize((out_w, y1 - y0), Image.BILINEAR, box=(0, 0, box_w, y1 - y0)), (0, y0))
+    else:
+        lines = Image.new("RGB", (canvas_w, part.height), fill)
+        lines.paste(part, (left, 0))
+        lines = lines.resize((out_w, part.height), Image.BILINEAR, box=(0, 0, box_w, part.height))
+        x0, x1 = _influenced(canvas_w, box_w, out_w, left, left + part.width)
+        if x0 == x1:
+            return out
+        lines = lines.crop((x0, 0, x1, part.height))
+        second = Image.new("RGB", (x1 - x0, canvas_h), fill)
+        second.paste(lines, (0, top))
+        out.paste(second.resize((x1 - x0, out_h), Image.BILINEAR, box=(0, 0, x1 - x0, box_h)), (x0, 0))
+    return out
+
+
 def resized_canvas_window(image, left, top, window, size, fill=MEAN_RGB):
     """``resize_pil(canvas_window(image, left, top, window, fill), size)``, the same bytes.
 
+    Only the image's part of the window is resized (:func:`resize_on_fill`).
     When the window is 6 or more times the output size, Pillow first shrinks
     it by whole blocks (``Image.reduce``, as ``reducing_gap=3`` asks), which
-    maps a block of fill to the fill colour. So only the blocks that hold
-    the image are built and shrunk; the rest of the shrunk canvas is fill.
+    maps a block of fill to the fill colour; so only the blocks that hold
+    the image are built and shrunk.
 
     Args:
         image: RGB ``PIL.Image``.
@@ -260,20 +376,26 @@ def resized_canvas_window(image, left, top, window, size, fill=MEAN_RGB):
     x, y, w, h = window
     out_h, out_w = size
     img_w, img_h = image.size
-    # Image.resize's block factors for reducing_gap=3 (see resize_pil).
-    fx, fy = int(w / out_w / 3.0) or 1, int(h / out_h / 3.0) or 1
+    fill = tuple(int(round(v)) for v in fill)
     # The image's part of the window, in window pixels.
     x0, x1 = max(x, left) - x, min(x + w, left + img_w) - x
     y0, y1 = max(y, top) - y, min(y + h, top + img_h) - y
-    if fx == fy == 1 or x0 >= x1 or y0 >= y1:
-        return resize_pil(canvas_window(image, left, top, window, fill), size)
-    fill = tuple(int(round(v)) for v in fill)
+    if x0 >= x1 or y0 >= y1:
+        return Image.new("RGB", (out_w, out_h), fill)
+    if (x0, y0, x1, y1) == (0, 0, w, h):  # no fill in the window
+        if (w, h) != (img_w, img_h):
+            image = image.crop((x - left, y - top, x - left + w, y - top + h))
+        return resize_pil(image, size)
+    # Image.resize's block factors for reducing_gap=3 (see resize_pil).
+    fx, fy = int(w / out_w / 3.0) or 1, int(h / out_h / 3.0) or 1
+    if fx == fy == 1:
+        part = image.crop((x + x0 - left, y + y0 - top, x + x1 - left, y + y1 - top))
+        return resize_on_fill(part, x0, y0, (w, h), (w, h), size, fill)
     bx0, by0, bx1, by1 = x0 // fx, y0 // fy, -(-x1 // fx), -(-y1 // fy)  # blocks holding the image
     part = canvas_window(image, left, top, (x + bx0 * fx, y + by0 * fy, min(bx1 * fx, w) - bx0 * fx,
                                             min(by1 * fy, h) - by0 * fy), fill)
-    shrunk = Image.new("RGB", (-(-w // fx), -(-h // fy)), fill)
-    shrunk.paste(part.reduce((fx, fy)), (bx0, by0))
-    return shrunk.resize((out_w, out_h), Image.BILINEAR, box=(0, 0, w / fx, h / fy))
+    return resize_on_fill(part.reduce((fx, fy)), bx0, by0, (-(-w // fx), -(-h // fy)),
+                          (w / fx, h / fy), size, fill)
 
 
 def expand(image, boxes, ratio, left, top, fill=MEAN_RGB):
@@ -537,15 +659,17 @@ class PaperAugmentation(Augmentation):
         before = [brighten] if delta is not None else []
         if contrast is not None and contrast_first:
             before.append(contrast_step)
+        # Lookups with mode="clip" (the values are in range): no copy for out=.
+        rgb = planes(img, np.uint8)
         if before:
-            img = img.point(float_table(*before).astype(np.uint8).tolist() * 3)
-        hsv = rgb_to_hsv(planes(img, np.uint8))
+            np.take(float_table(*before).astype(np.uint8), rgb, out=rgb, mode="clip")
+        hsv = rgb_to_hsv(rgb)
         if hue is not None:
             table = float_table(lambda h: (h + hue * 255.0 / 360.0) % 256).astype(np.uint8)
-            np.take(table, hsv[0], out=hsv[0])
+            np.take(table, hsv[0], out=hsv[0], mode="clip")
         if saturation is not None:
             table = float_table(lambda s: np.clip(s * saturation, 0, 255)).astype(np.uint8)
-            np.take(table, hsv[1], out=hsv[1])
+            np.take(table, hsv[1], out=hsv[1], mode="clip")
         rgb = hsv_to_rgb(hsv)
         if contrast is not None and not contrast_first:
             return contrast_step(rgb.astype(np.float32))

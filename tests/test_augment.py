@@ -350,3 +350,28 @@ def test_resized_canvas_window_equals_resizing_the_whole_window():
         assert got.size == expected.size and got.tobytes() == expected.tobytes(), (i, window, size)
         shrunk_by_blocks += w >= 6 * size[1] or h >= 6 * size[0]
     assert shrunk_by_blocks > 30
+
+
+@pytest.mark.parametrize("order_known", [True, False])
+def test_zoomed_out_photo_canvases_resize_to_pillows_bytes(monkeypatch, order_known):
+    """Photo-sized canvases wider and much taller than the output, resized a pass at a time in
+    the order this Pillow uses (rows first; columns first when the height shrinks much more,
+    from Pillow 13 on) or, with the order unknown, whole: the bytes of resizing the window."""
+    from ssd300 import augment
+    from ssd300.image_io import resize_pil
+
+    order = augment._probe_pass_order()
+    assert order in ("rows", "shrink")  # this Pillow's order is recognised: the fast path is on
+    monkeypatch.setattr(augment, "_PASS_ORDER", [order if order_known else None])
+    rng = np.random.default_rng(8)
+    image = Image.fromarray(rng.integers(0, 256, (375, 500, 3), dtype=np.uint8))
+    columns_first = 0
+    for canvas_w, canvas_h in ((1250, 940), (600, 1800), (1900, 700), (2000, 1500)):
+        left, top = int(rng.integers(0, canvas_w - 500)), int(rng.integers(0, canvas_h - 375))
+        for window in ((0, 0, canvas_w, canvas_h), (canvas_w // 5, canvas_h // 7, canvas_w // 2, canvas_h // 2),
+                       (left + 100, top + 50, canvas_w - left - 100, canvas_h - top - 50)):
+            expected = resize_pil(augment.canvas_window(image, left, top, window), (300, 300))
+            got = augment.resized_canvas_window(image, left, top, window, (300, 300))
+            assert got.tobytes() == expected.tobytes(), ((canvas_w, canvas_h), window)
+            columns_first += bool(augment._columns_first(window[2:], (300, 300)))
+    assert (columns_first > 0) == (order == "shrink" and order_known)

@@ -145,6 +145,17 @@ def test_planes_and_caffe_write():
     np.testing.assert_array_equal(write_planes(planes(rgb, np.uint8), out, caffe=True), expected)
 
 
+def test_planes_are_a_writable_copy():
+    # Also for one pixel, whose planes a transposed view would already be.
+    for shape in ((1, 1, 3), (4, 1, 3), (2, 5, 3)):
+        rgb = np.arange(int(np.prod(shape)), dtype=np.uint8).reshape(shape)
+        for source in (rgb, Image.fromarray(rgb)):
+            p = planes(source, np.uint8)
+            np.testing.assert_array_equal(p, np.moveaxis(rgb, -1, 0))
+            p += 1  # writable, and not the source's memory
+            np.testing.assert_array_equal(np.asarray(source), np.arange(rgb.size).reshape(shape))
+
+
 def _pillow_convert(planes_, mode_in, mode_out):
     img = Image.fromarray(np.ascontiguousarray(np.moveaxis(planes_, 0, -1)), mode_in)
     return np.moveaxis(np.asarray(img.convert(mode_out)), -1, 0)
