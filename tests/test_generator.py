@@ -1,12 +1,19 @@
 """The Generator, the PyDataset form, image reading and preprocessing."""
 
+import glob
+import multiprocessing
+import os
+import pickle
+import tempfile
 import warnings
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from ssd300.generator import Generator, SamplePipeline, SSDDataset
+from ssd300.generator import (BATCH_FILE_PREFIX, CompactBatch, Generator, SamplePipeline, SSDDataset,
+                              remove_batch_files)
+from ssd300.errors import UserError
 from ssd300.image_io import ImageError, load_image, preprocess_input
 from ssd300.ssd_utils import BBoxUtility
 from ssd300.synth import make_synthetic_voc
@@ -217,3 +224,89 @@ def test_exif_orientation_follows_the_annotation_size(tmp_path, util):
     with pytest.warns(UserWarning, match="^1 images"):
         gen = Generator(gt, util, 1, tmp_path, ["stored_ann.jpg"], ["plain.jpg"], (60, 60), sizes=sizes)
     assert gen.pipeline.as_stored == {"stored_ann.jpg"}
+
+
+def _batch_files():
+    return glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), f"{BATCH_FILE_PREFIX}{os.getpid()}-*"))
+
+
+def test_compact_batch_unpickles_to_the_same_arrays(synth, util, monkeypatch):
+    root, prep, keys = synth
+    ds = SSDDataset(prep.data, util, f"{root}/JPEGImages", keys[:8], (300, 300), batch_size=4, augment="paper")
+    x, y = ds[0]
+    assert 0 < (y[..., -8] == 1).sum() < 0.1 * y[..., 0].size  # a few matched priors
+    batch = CompactBatch(x, y, ds.pipeline.empty_target, os.getpid())
+    assert isinstance(batch, tuple) and batch[0] is x and batch[1] is y
+    data = pickle.dumps(batch)
+    # The images wait in a file; of the targets only the matched priors' rows travel.
+    assert len(data) < y.nbytes / 20 and len(_batch_files()) == 1
+    back = pickle.loads(data)
+    assert not _batch_files()  # read and removed
+    assert type(back) is tuple and len(back) == 2
+    assert back[0].tobytes() == x.tobytes() and back[1].tobytes() == y.tobytes()
+    assert back[0].shape == x.shape and back[1].shape == y.shape and back[1].dtype == y.dtype
+    # Exact bit for bit, whatever the empty target: rows that differ from it
+    # (here in the sign of a zero, and by a whole template) travel.
+    y[0, :3, 0] = -0.0
+    template = ds.pipeline.empty_target.copy()
+    template[::3, 1] = 0.25
+    for empty in (ds.pipeline.empty_target, template):
+        back = pickle.loads(pickle.dumps(CompactBatch(x, y, empty, os.getpid())))
+        assert back[1].tobytes() == y.tobytes()
+    # Without a writable temporary directory the images travel in the pickle.
+    monkeypatch.setattr(tempfile, "tempdir", os.path.join(str(root), "no such folder"))
+    data = pickle.dumps(CompactBatch(x, y, ds.pipeline.empty_target, os.getpid()))
+    assert len(data) > x.nbytes
+    assert pickle.loads(data)[0].tobytes() == x.tobytes()
+
+
+def test_a_batch_file_that_cannot_be_read_fails_where_the_batch_is_used(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    x = np.ones((2, 3, 4, 3), np.float32)
+    y = np.zeros((2, 5, 3), np.float32)
+    data = pickle.dumps(CompactBatch(x, y, y[0], os.getpid()))
+    (path,) = tmp_path.iterdir()
+    path.write_bytes(path.read_bytes()[:-4])  # cut short
+    images, targets = pickle.loads(data)  # unpickling itself must not raise (the pool would hang)
+    np.testing.assert_array_equal(targets, y)
+    assert not path.exists()
+    with pytest.raises(UserError, match=r"could not be read back from .*ssd300-batch-.*284 bytes of a batch of 288"):
+        np.asarray(images)
+
+
+def test_unread_batch_files_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    x = np.arange(24, dtype=np.float32).reshape(1, 2, 4, 3)
+    y = np.zeros((1, 5, 3), np.float32)
+    pickle.dumps(CompactBatch(x, y, y[0], os.getpid()))  # never unpickled
+    pickle.dumps(CompactBatch(x, y, y[0], os.getpid() + 1))  # another training process's
+    assert len(list(tmp_path.iterdir())) == 2
+    remove_batch_files()
+    assert [p.name.startswith(f"{BATCH_FILE_PREFIX}{os.getpid() + 1}-") for p in tmp_path.iterdir()] == [True]
+
+
+_WORKER = {}
+
+
+def _worker_init(dataset):
+    _WORKER["ds"] = dataset
+
+
+def _worker_batch(index):
+    batch = _WORKER["ds"][index]
+    return type(batch).__name__, batch
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_dataset_in_a_worker_process_sends_the_same_batches(synth, util):
+    # As model.fit's multiprocessing pool: daemon workers, batches pickled back.
+    root, prep, keys = synth
+    ds = SSDDataset(prep.data, util, f"{root}/JPEGImages", keys[:8], (300, 300), batch_size=4, augment="paper")
+    with multiprocessing.get_context("fork").Pool(1, _worker_init, (ds,)) as pool:
+        got = pool.map(_worker_batch, [0, 1])
+    assert not _batch_files()
+    for index, (kind, batch) in enumerate(got):
+        assert kind == "CompactBatch" and type(batch) is tuple
+        x, y = ds[index]  # in this process: the plain batch
+        assert type(ds[index]) is tuple
+        assert batch[0].tobytes() == x.tobytes() and batch[1].tobytes() == y.tobytes()
