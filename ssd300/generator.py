@@ -231,6 +231,32 @@ def remove_batch_files(pid=None):
             pass
 
 
+def _running(pid):
+    """Whether process ``pid`` exists (also when it is another user's)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_batch_files():
+    """Remove the image files of training processes that no longer run (killed with
+    batches in flight, when their exit handler could not run). POSIX only: elsewhere
+    ``os.kill(pid, 0)`` is not a harmless probe."""
+    if os.name != "posix":
+        return
+    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), BATCH_FILE_PREFIX + "*")):
+        pid = os.path.basename(path)[len(BATCH_FILE_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
 _CLEANING = set()
 
 
@@ -435,6 +461,7 @@ class SSDDataset(_pydataset_base()):
         self._pid = os.getpid()
         if self._pid not in _CLEANING:  # files of batches that worker processes made but never sent
             _CLEANING.add(self._pid)
+            remove_stale_batch_files()
             atexit.register(remove_batch_files, self._pid)
 
     def __len__(self):

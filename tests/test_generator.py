@@ -4,6 +4,8 @@ import glob
 import multiprocessing
 import os
 import pickle
+import subprocess
+import sys
 import tempfile
 import warnings
 
@@ -12,7 +14,7 @@ import pytest
 from PIL import Image
 
 from ssd300.generator import (BATCH_FILE_PREFIX, CompactBatch, Generator, SamplePipeline, SSDDataset,
-                              remove_batch_files)
+                              remove_batch_files, remove_stale_batch_files)
 from ssd300.errors import UserError
 from ssd300.image_io import ImageError, load_image, preprocess_input
 from ssd300.ssd_utils import BBoxUtility
@@ -283,6 +285,23 @@ def test_unread_batch_files_are_removed(tmp_path, monkeypatch):
     assert len(list(tmp_path.iterdir())) == 2
     remove_batch_files()
     assert [p.name.startswith(f"{BATCH_FILE_PREFIX}{os.getpid() + 1}-") for p in tmp_path.iterdir()] == [True]
+
+
+
+@pytest.mark.skipif(os.name != "posix", reason="probes processes with os.kill(pid, 0)")
+def test_batch_files_of_dead_training_processes_are_removed(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead = int(done.stdout)  # exited: its files are stale
+    x = np.zeros((1, 2, 2, 3), np.float32)
+    y = np.zeros((1, 5, 3), np.float32)
+    for owner in (dead, os.getpid()):
+        pickle.dumps(CompactBatch(x, y, y[0], owner))
+    (tmp_path / f"{BATCH_FILE_PREFIX}notapid-x").write_bytes(b"")
+    remove_stale_batch_files()
+    names = sorted(p.name.split("-")[2] for p in tmp_path.iterdir())
+    assert names == sorted([str(os.getpid()), "notapid"])
 
 
 _WORKER = {}
