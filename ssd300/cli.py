@@ -179,7 +179,7 @@ def _exit_status(result):
 
 
 #: The input size when ``--input-size`` is not given: TrainConfig's and the demo's
-#: (known here before Keras is imported; tests/test_cli.py checks them).
+#: (known here before Keras is imported; tests/test_bench_tools.py checks them).
 DEFAULT_INPUT_SIZE = {"train": 300, "demo": 128}
 
 
