@@ -408,26 +408,13 @@ def test_coco_sub_pixel_image_size(tmp_path):
         load_coco(path)
 
 
-def test_coco_sub_pixel_box_is_not_inverted(tmp_path):
-    path = write_bytes(tmp_path / "ann.json", json.dumps(_set("annotations", 1, "bbox", [10, 10, 0.5, 4])))
-    try:
-        ds = load_coco(path)
-    except AnnotationError as e:
-        assert "annotation id 11" in str(e)
-        return
-    boxes = np.concatenate([rows[:, :4] for rows in ds.data.values()])
-    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
-
-
-def test_coco_box_in_the_last_pixel_column(tmp_path):
-    path = write_bytes(tmp_path / "ann.json", json.dumps(_set("annotations", 1, "bbox", [47.5, 0, 1.5, 4])))
-    try:
-        ds = load_coco(path)
-    except AnnotationError as e:
-        assert "annotation id 11" in str(e)
-        return
-    rows = ds.data["b.jpg"]
-    assert (rows[:, :4] <= 1).all() and (rows[:, 2] >= rows[:, 0]).all()
+@pytest.mark.parametrize("bbox", [[10, 10, 0.5, 4],  # half a pixel wide
+                                  [47.5, 0, 1.5, 4]])  # clipped to the last half pixel column
+def test_coco_sub_pixel_box_is_refused_not_inverted(tmp_path, bbox):
+    path = write_bytes(tmp_path / "ann.json", json.dumps(_set("annotations", 1, "bbox", bbox)))
+    with pytest.raises(AnnotationError, match=r"annotation id 11: bbox .* is under one pixel wide or high "
+                                              r"inside the 48x40 image b.jpg"):
+        load_coco(path)
 
 
 # --------------------------------------------------------------------------- images
