@@ -3,6 +3,7 @@
 Run: .venv/bin/python bench/bench_train.py                       (TensorFlow, JAX, PyTorch; 300 and 128)
      .venv/bin/python bench/bench_train.py --backends tensorflow --sizes 300 --steps 5
      .venv/bin/python bench/bench_train.py --fc6 native --jit off     (today's layer, no XLA)
+     .venv/bin/python bench/bench_train.py --backends tensorflow --sizes 300 --torchvision /path/to/python
 
 Each backend runs in its own process with ``KERAS_BACKEND`` set. A step is
 ``model.train_on_batch`` on NumPy arrays (the conversion to tensors
@@ -11,6 +12,13 @@ loss=MultiboxLoss(21, neg_pos_ratio=2.0).compute_loss, jit_compile=...)``;
 ``--jit settings`` (the default) takes ``ssd300.speed.fit_settings``. The
 targets come from ``BBoxUtility.assign_boxes`` on random boxes, so the loss
 mines real positives and negatives.
+
+``--torchvision PYTHON`` also times torchvision's ``ssd300_vgg16`` (Adam,
+``weights=None``, 21 classes; ``tools/gpu_bench.py``'s torchvision section)
+at 300x300 and the same batch, in that interpreter (one with torch and
+torchvision: PyPI's CPU build of torch cannot load torchvision's operators,
+its CUDA build runs on the CPU too), and prints each backend's step speed
+as a multiple of torchvision's, by wall time and by CPU time.
 
 Prints images/s (median step; best step in brackets), the achieved GFLOP/s
 (3x the forward FLOPs, counted from the model's Conv2D and Dense layers:
@@ -162,6 +170,35 @@ def format_table(rows):
     return "\n".join(lines)
 
 
+def run_torchvision(python, size, batch, steps):
+    """torchvision's ``ssd300_vgg16`` step in ``python``: its result row, or ``{"error": ...}``."""
+    command = [python, os.path.join(ROOT, "tools", "gpu_bench.py"), "--section", "torchvision",
+               "--section-args", "float32", "--size", str(size), "--batch", str(batch), "--steps", str(steps)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    except OSError as e:
+        return {"error": f"cannot run {python}: {e}"}
+    results = [line[len("RESULT "):] for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not results:
+        return {"error": f"{python} exited {done.returncode}: {done.stderr[-1500:]}"}
+    result = json.loads(results[-1])
+    return {"error": result["skipped"]} if "skipped" in result else result
+
+
+def compare_with_torchvision(rows, torchvision):
+    """Lines giving each 300x300 row's images/s as a multiple of torchvision's (wall and CPU time)."""
+    lines = [f"torchvision ssd300_vgg16, {torchvision['size']}x{torchvision['size']}, batch "
+             f"{torchvision['batch']}, {torchvision['threads']} threads: {torchvision['step_s']:.2f} s per step "
+             f"(best {torchvision['best_step_s']:.2f}; CPU {torchvision['cpu_step_s']:.2f} s), "
+             f"{torchvision['images_per_s']:.2f} images/s, {torchvision['gflop_per_image']:.1f} GFLOP per image"]
+    for r in rows:
+        if r["size"] == torchvision["size"] and r["batch"] == torchvision["batch"]:
+            lines.append(f"ssd300 {r['backend']}: {torchvision['step_s'] / r['step_s']:.2f}x torchvision's "
+                         f"images/s (best steps {torchvision['best_step_s'] / r['best_step_s']:.2f}x; "
+                         f"per CPU second {torchvision['cpu_step_s'] / r['cpu_step_s']:.2f}x)")
+    return lines
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default="tensorflow,jax,torch")
@@ -174,6 +211,8 @@ def parse_args(argv=None):
     parser.add_argument("--fc6", choices=("auto", "taps", "native"), default="auto",
                         help="fc6's DilatedConv2D method (native: as keras.layers.Conv2D)")
     parser.add_argument("--mixed-precision", choices=("float16", "bfloat16"))
+    parser.add_argument("--torchvision", metavar="PYTHON",
+                        help="also time torchvision's ssd300_vgg16 at 300x300 in this Python interpreter")
     parser.add_argument("--json", help="write the rows to this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -195,6 +234,14 @@ def main(argv=None):
             continue
         rows += json.loads(done.stdout.strip().splitlines()[-1])
     print(format_table(rows))
+    if args.torchvision:
+        print(f"torchvision: load {load_average():.1f}", file=sys.stderr, flush=True)
+        torchvision = run_torchvision(args.torchvision, 300, args.batch, args.steps)
+        if "error" in torchvision:
+            print(f"torchvision failed: {torchvision['error']}", file=sys.stderr)
+        else:
+            print("\n".join(compare_with_torchvision(rows, torchvision)))
+            rows.append(torchvision)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)

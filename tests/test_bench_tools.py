@@ -107,3 +107,21 @@ def test_gpu_bench_dry_run(tmp_path):
     assert all(np.isfinite(e["loss"]) for e in training["epochs"])
     assert "## Training step, 64x64, batch 2" in done.stdout and "synthetic" in done.stdout
     assert (out / "gpu_bench.md").read_text() == done.stdout
+
+
+def test_torchvision_comparison_lines():
+    rows = [dict(backend="tensorflow", size=300, batch=8, step_s=8.0, best_step_s=7.5, cpu_step_s=15.0),
+            dict(backend="tensorflow", size=128, batch=8, step_s=1.0, best_step_s=1.0, cpu_step_s=2.0)]
+    torchvision = dict(size=300, batch=8, threads=2, step_s=10.4, best_step_s=9.75, cpu_step_s=21.0,
+                       images_per_s=8 / 10.4, gflop_per_image=188.24)
+    lines = bench_train.compare_with_torchvision(rows, torchvision)
+    assert lines == [
+        "torchvision ssd300_vgg16, 300x300, batch 8, 2 threads: 10.40 s per step (best 9.75; CPU 21.00 s), "
+        "0.77 images/s, 188.2 GFLOP per image",
+        "ssd300 tensorflow: 1.30x torchvision's images/s (best steps 1.30x; per CPU second 1.40x)"]
+
+
+def test_torchvision_run_reports_what_went_wrong(tmp_path):
+    absent = tmp_path / "no-python"
+    assert bench_train.run_torchvision(str(absent), 300, 8, 1)["error"].startswith(f"cannot run {absent}")
+    assert bench_train.run_torchvision("/bin/false", 300, 8, 1)["error"].startswith("/bin/false exited 1")
