@@ -9,6 +9,7 @@ the augmentation writes each image straight into its slot of the batch.
 """
 
 import atexit
+import functools
 import glob
 import math
 import multiprocessing
@@ -110,14 +111,12 @@ class SamplePipeline:
     def image_path(self, key):
         return self.path_prefix + key
 
-    @property
+    @functools.cached_property
     def empty_target(self):
         """The float32 target of an image without boxes, ``(num_priors, columns)``:
         what most rows of every target are."""
-        if getattr(self, "_empty_target", None) is None:
-            no_boxes = np.zeros((0, 4 + self.bbox_util.num_classes - 1))
-            self._empty_target = self.bbox_util.assign_boxes(no_boxes, dtype=np.float32)
-        return self._empty_target
+        no_boxes = np.zeros((0, 4 + self.bbox_util.num_classes - 1))
+        return self.bbox_util.assign_boxes(no_boxes, dtype=np.float32)
 
     def load(self, key, rng, train=True, out=None, caffe=False):
         """``(image, target)``: float32 ``(H, W, 3)`` RGB in [0, 255] and the encoded target.
@@ -220,15 +219,23 @@ def _batch_from_parts(images, shape, fill, rows_at, rows):
     return images, targets
 
 
+def _batch_files(pid="*"):
+    """The image files of worker processes for training process ``pid`` (any by default)."""
+    return glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), f"{BATCH_FILE_PREFIX}{pid}-*"))
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:  # already gone, or not ours to remove
+        pass
+
+
 def remove_batch_files(pid=None):
     """Remove the image files of worker processes for training process ``pid`` (default:
     this one) that were never read, as when the training stops mid-transfer."""
-    pattern = f"{BATCH_FILE_PREFIX}{os.getpid() if pid is None else pid}-*"
-    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), pattern)):
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
+    for path in _batch_files(os.getpid() if pid is None else pid):
+        _remove_quietly(path)
 
 
 def _running(pid):
@@ -248,13 +255,10 @@ def remove_stale_batch_files():
     ``os.kill(pid, 0)`` is not a harmless probe."""
     if os.name != "posix":
         return
-    for path in glob.glob(os.path.join(glob.escape(tempfile.gettempdir()), BATCH_FILE_PREFIX + "*")):
+    for path in _batch_files():
         pid = os.path.basename(path)[len(BATCH_FILE_PREFIX):].split("-", 1)[0]
         if pid.isdigit() and not _running(int(pid)):
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+            _remove_quietly(path)
 
 
 _CLEANING = set()
@@ -301,8 +305,8 @@ class CompactBatch(tuple):
         except OSError:
             if fd is not None:
                 os.close(fd)
-            if path is not None and os.path.exists(path):
-                os.unlink(path)
+            if path is not None:
+                _remove_quietly(path)
             return None
         return path, images.shape
 
