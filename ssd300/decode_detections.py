@@ -8,24 +8,26 @@ backend and exports to ONNX, TensorFlow SavedModel and LiteRT (see
 The algorithm, per image:
 
 1. The ``max_candidates`` best ``(class, prior)`` scores above
-   ``confidence_threshold`` (background excluded): first the
-   ``max_candidates`` priors with the best foreground score, which hold every
-   one of those candidates, then one ``top_k`` over their pairs' flat index
-   ``class * max_candidates + slot`` (slots in prior order): by decreasing score, equal scores
-   by class then prior (``top_k`` puts the lower index first), which is the
-   output's order.
+   ``confidence_threshold`` (background excluded): first the priors that hold
+   a candidate, in prior order (a compaction; where an image has more than
+   ``max_candidates`` of them, the ``max_candidates`` with the best
+   foreground score, which hold every one of the best candidates), then one
+   ``top_k`` over their pairs' flat index ``class * max_candidates + slot``:
+   by decreasing score, equal scores by class then prior (``top_k`` puts the
+   lower index first), which is the output's order.
 2. Only those candidates' boxes are decoded, with
    :func:`ssd300.ssd_utils.decode_boxes`'s formula.
 3. Greedy NMS for all classes and images at once, as
    :func:`ssd300.box_ops.batched_nms` decides it, in tiles: the candidates
    are grouped by class (keeping their order) and each class's block is cut
-   into tiles of 32. Round ``r`` compares every candidate with tile ``r`` of
-   its block, settles the tile (greedy NMS inside it is the unique fixed
-   point of "kept if alive and overlapped by no kept earlier member"), and
-   lets its kept boxes drop the later candidates they overlap by more than
-   ``nms_thresh``. The loop runs ``ceil(n / 32)`` rounds for the largest
-   class block ``n`` (10 for 300 candidates of one class) instead of one per
-   kept box; each class then keeps its first ``top_k``.
+   into tiles of 32. Round ``r`` settles tile ``r`` of every block (greedy
+   NMS inside it is the unique fixed point of "kept if alive and overlapped
+   by no kept earlier member") and lets its kept boxes drop the later
+   candidates of the block they overlap by more than ``nms_thresh``. The
+   loop runs ``ceil(n / 32)`` rounds for the largest class block ``n`` (10
+   for 300 candidates of one class) instead of one per kept box, and each
+   round only visits the blocks and candidates it can change; each class
+   then keeps its first ``top_k``.
 4. The first ``keep_top_k`` kept candidates, in the order of step 1.
 
 The one bound ``detection_out`` does not have is ``max_candidates``. With at
@@ -43,10 +45,14 @@ from keras import ops
 
 from .layout import num_classes_of, split_predictions
 
-# Sorts non-kept candidates after every kept one.
+# Flat int32 indices must stay below this.
 _BIG = 2**31 - 1
 # Candidates per NMS tile (DecodeDetections._nms): 32 was fastest on TF graph, XLA and onnxruntime.
 _TILE = 32
+# Blocks and candidates per chunk of a round (DecodeDetections._nms): the fastest on TF graph,
+# XLA, onnxruntime and LiteRT of 16-64 and 512-4096.
+_BLOCKS_CHUNK = 32
+_ROWS_CHUNK = 1024
 
 
 def decode_boxes(mbox_loc, mbox_priorbox, variances):
@@ -66,6 +72,42 @@ def decode_boxes(mbox_loc, mbox_priorbox, variances):
     center = mbox_loc[..., :2] * prior_wh * variances[..., :2] + prior_center
     half_wh = 0.5 * ops.exp(mbox_loc[..., 2:4] * variances[..., 2:4]) * prior_wh
     return ops.clip(ops.concatenate([center - half_wh, center + half_wh], axis=-1), 0.0, 1.0)
+
+
+def _first_true(mask, size):
+    """The positions of each row's first ``size`` true entries, in order: a compaction without a sort.
+
+    Args:
+        mask: ``(B, N)`` bool.
+        size: the output's row length.
+
+    Returns:
+        ``(index, count)``: ``index`` ``(B, size)`` int32, row ``b``'s true
+        positions in ascending order, then 0; ``count`` ``(B,)`` int32, the
+        true entries of each row (it may exceed ``size``).
+    """
+    batch, n = ops.shape(mask)[0], mask.shape[1]
+    count = ops.cast(mask, "int32")
+    position = ops.cumsum(count, axis=1) - 1
+    # True entries past the first `size`, and the false ones, go to a last
+    # slot of each row that is dropped.
+    slot = (ops.where(ops.logical_and(mask, position < size), position, size)
+            + ops.arange(batch, dtype="int32")[:, None] * (size + 1))
+    index = ops.broadcast_to(ops.arange(n, dtype="int32")[None], ops.shape(slot))
+    out = ops.scatter_update(ops.zeros((batch * (size + 1),), "int32"), ops.reshape(slot, (-1, 1)),
+                             ops.reshape(index, (-1,)))
+    return ops.reshape(out, (batch, size + 1))[:, :size], ops.sum(count, axis=1)
+
+
+def _inverse(permutation):
+    """The inverse of a ``(N,)`` int32 permutation: ``result[permutation[i]] = i``."""
+    return ops.scatter_update(ops.zeros_like(permutation), permutation[:, None],
+                              ops.arange(ops.shape(permutation)[0], dtype="int32"))
+
+
+def _pad(x, count):
+    """``x`` ``(N, ...)`` followed by ``count`` rows of zeros (``False``)."""
+    return ops.concatenate([x, ops.zeros((count,) + tuple(x.shape[1:]), x.dtype)], axis=0)
 
 
 def _gather_rows(x, index):
@@ -196,11 +238,22 @@ class DecodeDetections(keras.layers.Layer):
         # and by prior within a class as NMS needs.
         best = self._foreground_best(split_predictions(predictions)[1], num_classes)
         mp = min(m, num_priors)
-        _, prior = ops.top_k(best, mp)
-        prior = ops.sort(ops.cast(prior, "int32"), axis=1)
+        has_candidate = best > -np.inf
+
+        def every_prior():
+            # Few enough for all: a compaction, cheaper than top_k (much, with XLA).
+            prior, count = _first_true(has_candidate, mp)
+            return prior, ops.arange(mp, dtype="int32")[None] < count[:, None]
+
+        def best_priors():
+            _, prior = ops.top_k(best, mp)
+            return ops.sort(ops.cast(prior, "int32"), axis=1), ops.ones((batch, mp), "bool")
+
+        prior, seen = ops.cond(ops.max(ops.sum(ops.cast(has_candidate, "int32"), axis=1)) <= mp,
+                               every_prior, best_priors)
         rows = _gather_rows(predictions, prior)  # (B, mp, 4 + C + 8)
         scores = ops.transpose(split_predictions(rows)[1], (0, 2, 1))  # (B, C, mp)
-        candidate = scores > self.confidence_threshold
+        candidate = ops.logical_and(scores > self.confidence_threshold, seen[:, None, :])
         if self.background_label_id is not None and 0 <= self.background_label_id < num_classes:
             not_background = np.arange(num_classes) != self.background_label_id
             candidate = ops.logical_and(candidate, not_background[:, None])
@@ -227,25 +280,22 @@ class DecodeDetections(keras.layers.Layer):
         rank = ops.broadcast_to(ops.arange(m, dtype="int32")[None], (batch, m))
         group = ops.where(valid, label, num_classes)  # no class: a last group, never kept
         order = ops.argsort(group * m + rank, axis=1)
-        group, rank = ops.take_along_axis(group, order, 1), ops.take_along_axis(rank, order, 1)
-        boxes = _gather_rows(boxes, order)
-        kept = self._nms(boxes, group, batch, num_classes, m)
+        kept = self._nms(_gather_rows(boxes, order), ops.take_along_axis(group, order, 1),
+                         batch, num_classes, m)
+        # Back in rank order: kept[b, order[b, j]] is the j-th verdict.
+        offset = ops.arange(batch, dtype="int32")[:, None] * m
+        kept = ops.reshape(ops.take(ops.reshape(kept, (-1,)), _inverse(ops.reshape(order + offset, (-1,)))),
+                           (batch, m))
 
         # 4. The first keep_top_k kept candidates by rank: the output's order.
         k = self.keep_top_k
-        if m < k:  # fewer candidates than output rows: pad to k
-            pad = [[0, 0], [0, k - m]]
-            kept, rank = ops.pad(kept, pad), ops.pad(rank, pad)
-            boxes = ops.pad(boxes, pad + [[0, 0]])
-            values, label = ops.pad(values, pad), ops.pad(label, pad)
-        _, best = ops.top_k(ops.where(kept, -rank, -_BIG), k)
-        num = ops.minimum(ops.sum(ops.cast(kept, "int32"), axis=1), k)
+        best, count = _first_true(kept, k)
+        num = ops.minimum(count, k)
         filled = ops.arange(k, dtype="int32")[None] < num[:, None]
-        best_rank = ops.take_along_axis(rank, best, 1)
         return {
             "boxes": ops.where(filled[..., None], _gather_rows(boxes, best), 0.0),
-            "scores": ops.where(filled, ops.take_along_axis(values, best_rank, 1), 0.0),
-            "classes": ops.where(filled, ops.take_along_axis(label, best_rank, 1), -1),
+            "scores": ops.where(filled, ops.take_along_axis(values, best, 1), 0.0),
+            "classes": ops.where(filled, ops.take_along_axis(label, best, 1), -1),
             "num_detections": num,
         }
 
@@ -259,17 +309,26 @@ class DecodeDetections(keras.layers.Layer):
 
         The candidates of each class form a block; the blocks are cut into
         tiles of ``W`` consecutive candidates. Round ``r`` settles tile ``r``
-        of every block of every image at once: every candidate is compared
-        with its block's tile ``r`` (IoU above ``nms_thresh``, tile member
-        first in the block), greedy NMS inside the tile is the fixed point of
-        "alive and not overlapped by a kept earlier member" (unique, because
-        "earlier" is a strict order, and reached in as many steps as the
-        longest chain of suppressions in the tile), and the kept members drop
-        the alive candidates after them. So the loop runs ``ceil(n / W)``
-        rounds for the largest block ``n``, instead of one per kept box.
+        of every block of every image at once: greedy NMS inside the tile is
+        the fixed point of "alive and not overlapped by a kept earlier
+        member" (unique, because "earlier" is a strict order, and reached in
+        as many steps as the longest chain of suppressions in the tile); then
+        every candidate after the tile in its block is compared with the
+        tile (IoU above ``nms_thresh``), and the kept members drop the alive
+        ones they overlap. So the loop runs ``ceil(n / W)`` rounds for the
+        largest block ``n``, instead of one per kept box.
+
+        Only the blocks that have a tile ``r`` and the candidates at block
+        positions from ``r * W`` on take part in round ``r``: with the blocks
+        by decreasing size and the candidates by position in their block,
+        they are a prefix and a suffix, taken in chunks of fixed size. The
+        work then follows the sum of the squared block sizes rather than
+        ``B * m`` times the largest.
         """
         tile = min(_TILE, m)
         groups = num_classes
+        n = batch * m
+        rows_chunk, blocks_chunk = _ROWS_CHUNK, _BLOCKS_CHUNK
         flat_boxes = ops.reshape(boxes, (-1, 4))
         # Coordinates as separate (B * m,) vectors: no pair tensor has a
         # short last axis (onnxruntime's broadcasting Min/Max are slow on
@@ -277,62 +336,102 @@ class DecodeDetections(keras.layers.Layer):
         x1, y1, x2, y2 = (flat_boxes[:, i] for i in range(4))
         x1, x2 = ops.minimum(x1, x2), ops.maximum(x1, x2)
         y1, y2 = ops.minimum(y1, y2), ops.maximum(y1, y2)
-        area = (x2 - x1) * (y2 - y1)
-        coordinates = (x1, y1, x2, y2, area)
+        coordinates = (x1, y1, x2, y2, (x2 - x1) * (y2 - y1))
         counts = ops.sum(ops.cast(group[:, None, :] == ops.arange(groups, dtype="int32")[None, :, None],
                                   "int32"), axis=2)  # (B, G)
         starts = ops.cumsum(counts, axis=1) - counts  # each block's first position in its image
         image = ops.arange(batch, dtype="int32")[:, None]
+        valid = ops.reshape(group < num_classes, (-1,))
         # Each candidate's block (the no-class candidates are never alive: any block).
         block = ops.reshape(ops.minimum(group, groups - 1) + image * groups, (-1,))  # (B * m,)
         # Each candidate's position in its block.
         in_block = ops.reshape(ops.arange(m, dtype="int32")[None] - ops.take_along_axis(
             starts, ops.minimum(group, groups - 1), axis=1), (-1,))
+
+        # The blocks by decreasing size, `rank` each block's place, padded
+        # with empty blocks so that a chunk never runs past the end.
+        by_size = ops.argsort(-ops.reshape(counts, (-1,)))  # (B * G,)
+        num_blocks = ops.shape(by_size)[0]
+        rank = _inverse(by_size)
+        size = _pad(ops.take(ops.reshape(counts, (-1,)), by_size), blocks_chunk)
+        first = _pad(ops.take(ops.reshape(starts + image * m, (-1,)), by_size), blocks_chunk)
+        # The candidates by position in their block (no-class ones last),
+        # padded the same way.
+        order = ops.argsort(ops.where(valid, in_block, m))  # (B * m,)
+        place = _inverse(order)  # each candidate's place in that order
+        row_coordinates = tuple(_pad(ops.take(c, order), rows_chunk) for c in coordinates)
+        row_rank = _pad(ops.take(rank, ops.take(block, order)), rows_chunk)
+        row_in_block = _pad(ops.take(in_block, order), rows_chunk)
+        num_valid = ops.sum(ops.cast(valid, "int32"))
         slots = ops.arange(tile, dtype="int32")
         threshold = self.nms_thresh
 
-        def overlaps(r):
-            """``(B * m, W)``: each candidate overlaps slot ``s`` of its block's tile ``r``, before it."""
-            offset = r * tile + slots  # (W,)
-            # (B * G, W): the tile's positions, flat over the batch.
-            position = ops.reshape(ops.minimum(starts[..., None] + offset, m - 1) + image[..., None] * m,
-                                   (-1, tile))
-            t_x1, t_y1, t_x2, t_y2, t_area = (ops.take(ops.take(c, position, axis=0), block, axis=0)
-                                              for c in coordinates)
-            # box_ops.batched_nms's IoU, op for op; a box of no area gives 0
-            # or NaN, never above the threshold.
-            w = ops.maximum(ops.minimum(x2[:, None], t_x2) - ops.maximum(x1[:, None], t_x1), 0.0)
-            h = ops.maximum(ops.minimum(y2[:, None], t_y2) - ops.maximum(y1[:, None], t_y1), 0.0)
+        def overlap(a, b, before):
+            """IoU above the threshold of boxes ``a`` with boxes ``b`` (broadcast), where ``before``.
+
+            box_ops.batched_nms's IoU, op for op; a box of no area gives 0
+            or NaN, never above the threshold.
+            """
+            w = ops.maximum(ops.minimum(a[2], b[2]) - ops.maximum(a[0], b[0]), 0.0)
+            h = ops.maximum(ops.minimum(a[3], b[3]) - ops.maximum(a[1], b[1]), 0.0)
             inter = w * h
-            iou = inter / (area[:, None] + t_area - inter)
-            before = offset[None] < in_block[:, None]
-            return ops.logical_and(iou > threshold, before), position
+            iou = inter / (a[4] + b[4] - inter)
+            return ops.logical_and(iou > threshold, before)
 
         def body(r, alive):
-            overlap, position = overlaps(r)
-            flat_position = ops.reshape(position, (-1,))
-            in_tile = ops.reshape(r * tile + slots < counts[..., None], (-1, tile))
-            member_alive = ops.logical_and(ops.reshape(ops.take(alive, flat_position, axis=0), (-1, tile)),
-                                           in_tile)  # (B * G, W)
-            # (B * G, W member, W slot): the member overlaps the earlier slot.
-            member_overlap = ops.reshape(ops.take(overlap, flat_position, axis=0), (-1, tile, tile))
+            offset = r * tile + slots  # (W,)
+            # (B * G + pad, W): tile r of each block, by block size.
+            in_tile = offset[None] < size[:, None]
+            position = ops.minimum(first[:, None] + offset, n - 1)
+            tiles = tuple(ops.take(c, position, axis=0) for c in coordinates)
+            member_alive = ops.logical_and(ops.take(alive, ops.take(place, position, axis=0), axis=0), in_tile)
 
-            def step(keep, changed):
-                suppressed = ops.any(ops.logical_and(member_overlap, keep[:, None, :]), axis=2)
-                new = ops.logical_and(member_alive, ops.logical_not(suppressed))
-                return new, ops.any(ops.not_equal(new, keep))
+            def settle(c, keep):
+                """Greedy NMS inside the tiles of blocks ``[c, c + chunk)``."""
+                part = tuple(ops.slice(t, (c, 0), (blocks_chunk, tile)) for t in tiles)
+                # (chunk, W member, W slot): the member overlaps the earlier slot.
+                member_overlap = overlap(tuple(t[:, :, None] for t in part), tuple(t[:, None, :] for t in part),
+                                         slots[None, :] < slots[:, None])
+                alive_part = ops.slice(member_alive, (c, 0), (blocks_chunk, tile))
 
-            keep, _ = ops.while_loop(lambda keep, changed: changed, step,
-                                     (member_alive, ops.convert_to_tensor(True)))
-            suppressed = ops.any(ops.logical_and(overlap, ops.take(keep, block, axis=0)), axis=1)
-            return r + 1, ops.logical_and(alive, ops.logical_not(suppressed))
+                def step(kept, changed):
+                    suppressed = ops.any(ops.logical_and(member_overlap, kept[:, None, :]), axis=2)
+                    new = ops.logical_and(alive_part, ops.logical_not(suppressed))
+                    return new, ops.any(ops.not_equal(new, kept))
+
+                kept, _ = ops.while_loop(lambda kept, changed: changed, step,
+                                         (alive_part, ops.convert_to_tensor(True)))
+                return c + blocks_chunk, ops.scatter_update(keep, (c + ops.arange(blocks_chunk, dtype="int32"))[:, None],
+                                                            kept)
+
+            # The blocks with a tile r are the first `active`.
+            active = ops.sum(ops.cast(size > r * tile, "int32"))
+            _, keep = ops.while_loop(lambda c, keep: c < active, settle,
+                                     (ops.convert_to_tensor(0, "int32"), ops.zeros_like(in_tile)))
+
+            def suppress(s, alive):
+                """Drop the candidates ``[s, s + chunk)`` that a kept member of their tile overlaps."""
+                part = tuple(ops.slice(c, (s,), (rows_chunk,))[:, None] for c in row_coordinates)
+                part_rank = ops.slice(row_rank, (s,), (rows_chunk,))
+                before = offset[None] < ops.slice(row_in_block, (s,), (rows_chunk,))[:, None]
+                hit = overlap(part, tuple(ops.take(t, part_rank, axis=0) for t in tiles), before)
+                suppressed = ops.any(ops.logical_and(hit, ops.take(keep, part_rank, axis=0)), axis=1)
+                new = ops.logical_and(ops.slice(alive, (s,), (rows_chunk,)), ops.logical_not(suppressed))
+                return s + rows_chunk, ops.scatter_update(alive, (s + ops.arange(rows_chunk, dtype="int32"))[:, None],
+                                                          new)
+
+            # The candidates at block positions from r * W on are the last
+            # of the valid ones (a tile's own members keep its verdict).
+            start = ops.sum(ops.cast(ops.logical_and(valid, in_block < r * tile), "int32"))
+            _, alive = ops.while_loop(lambda s, alive: s < num_valid, suppress, (start, alive))
+            return r + 1, alive
 
         rounds = (ops.max(counts) + tile - 1) // tile
-        alive = ops.reshape(group < num_classes, (-1,))
+        alive = _pad(ops.take(valid, order), rows_chunk)
         _, alive = ops.while_loop(lambda r, alive: r < rounds, body,
                                   (ops.convert_to_tensor(0, "int32"), alive))
         # top_k: each class keeps its first top_k survivors (greedy's first top_k).
-        alive = ops.reshape(alive, (batch, m))
+        alive = ops.reshape(ops.take(alive, place), (batch, m))
         count = ops.cast(alive, "int32")
         running = ops.cumsum(count, axis=1)
         block_start = ops.take(ops.reshape(starts + image * m, (-1,)), block, axis=0)
