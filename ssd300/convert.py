@@ -17,7 +17,10 @@ objects. COCO crowd boxes (``iscrowd: 1``) have no VOC equivalent: they are
 written as ``difficult`` objects, which evaluation also ignores.
 
 Every file is written atomically (:func:`ssd300.atomic.atomic_path`); XML is
-built with ElementTree, which escapes names.
+built with ElementTree, which escapes names. An output that cannot be written
+(a folder where a file should go or the other way round, a missing or
+unwritable folder) is a :class:`~ssd300.errors.UserError` naming the path and
+the reason, and what the call had created is removed again.
 """
 
 import datetime
@@ -46,6 +49,73 @@ def _annotations_dir(voc_root):
     if os.path.isdir(path):
         return path, os.path.dirname(path)
     raise UserError(f"{path}: VOC folder not found")
+
+
+def _missing_folders(folder):
+    """The folders that ``os.makedirs(folder)`` would create, outermost first."""
+    missing = []
+    folder = os.path.abspath(folder)
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing[::-1]
+
+
+def _check_target(path, folder, what):
+    """Refuse, before any work, an output that cannot be created where it is asked for.
+
+    Args:
+        path: the output file (``folder=False``) or folder (``folder=True``).
+        what: the output, for the message (``"the COCO JSON"``).
+
+    Raises:
+        UserError: a folder stands where the file should go, a file where
+            the folder (or one above it) should be.
+    """
+    if folder and os.path.lexists(path) and not os.path.isdir(path):
+        raise UserError(f"{path}: cannot write {what} (a file of that name exists; a folder is needed)")
+    if not folder and os.path.isdir(path):
+        raise UserError(f"{path}: cannot write {what} (it is a folder)")
+    missing = _missing_folders(path)
+    existing = os.path.dirname(missing[0]) if missing else os.path.dirname(os.path.abspath(path))
+    if existing and not os.path.isdir(existing):
+        raise UserError(f"{path}: cannot write {what} ({existing} is a file, not a folder)")
+
+
+def _undo(created):
+    """Remove the files and folders of ``created`` (in creation order) that still exist, last first."""
+    for path in reversed(created):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)  # only if empty: a folder this call made and filled is emptied first
+            else:
+                os.remove(path)
+        except OSError:
+            pass
+
+
+def _os_error(error, out, what):
+    """A :class:`UserError` for an ``OSError`` raised while writing ``out``.
+
+    A file that is neither ``out``, nor in it, nor a folder above it, nor a
+    temporary file beside it was being read (an image being copied), and is
+    named as unreadable; otherwise ``out`` could not be written.
+    """
+    reason = error.strerror or str(error)
+    target = os.path.abspath(out)
+    culprits = [os.fspath(f) for f in (error.filename, error.filename2) if f is not None]
+
+    def written(path):
+        path = os.path.abspath(path)
+        return (os.path.commonpath([path, target]) in (path, target)
+                or path.startswith(os.path.splitext(target)[0] + ".tmp"))
+
+    if culprits and not any(written(f) for f in culprits):
+        return UserError(f"{culprits[0]}: cannot read ({reason})")
+    return UserError(f"{out}: cannot write {what} ({reason})")
 
 
 def _numbers(values):
@@ -77,7 +147,15 @@ def voc_to_coco(voc_root, out_json, classes=None, split=None, on_error="raise"):
 
     Returns:
         ``{"images": n, "annotations": N, "classes": C}``.
+
+    Raises:
+        UserError: a bad dataset; ``out_json`` cannot be written (it is a
+            folder, a folder above it is a file, missing and not creatable,
+            or not writable), naming it and the reason. No file is left
+            behind, nor a folder the call created.
     """
+    out_json = os.fspath(out_json)
+    _check_target(out_json, False, "the COCO JSON")
     ann_dir, root = _annotations_dir(voc_root)
     ids = None if split is None else read_split(root, split)
     prep = XML_preprocessor(ann_dir, classes=classes, ids=ids, on_error=on_error)
@@ -108,11 +186,16 @@ def voc_to_coco(voc_root, out_json, classes=None, split=None, on_error="raise"):
         "images": images,
         "annotations": annotations,
     }
-    out_json = os.fspath(out_json)
-    if os.path.dirname(out_json):
-        os.makedirs(os.path.dirname(out_json), exist_ok=True)
-    with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf8") as f:
-        json.dump(coco, f)
+    created = _missing_folders(os.path.dirname(os.path.abspath(out_json)))
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+        with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf8") as f:
+            json.dump(coco, f)
+    except BaseException as e:
+        _undo(created)
+        if isinstance(e, OSError):
+            raise _os_error(e, out_json, "the COCO JSON") from None
+        raise
     return {"images": len(images), "annotations": len(annotations), "classes": len(prep.classes)}
 
 
@@ -204,16 +287,22 @@ def coco_to_voc(annotation_file, image_dir, out_root, classes=None, split="train
 
     Raises:
         UserError: a bad annotation file, missing images, two file names
-            that would give the same VOC id, or a different ``classes.txt``
-            already in ``out_root``.
+            that would give the same VOC id, a different ``classes.txt``
+            already in ``out_root``; an output that cannot be written (a
+            file where a folder goes or the other way round, a missing or
+            unwritable folder), naming it and the reason. On such an error
+            the files and folders this call had created are removed (files
+            it replaced in an existing ``out_root`` keep the new content).
     """
     if link not in LINK_MODES:
         raise ValueError(f"link must be one of {LINK_MODES}, got {link!r}")
     if image_dir is None:
         raise UserError("coco_to_voc needs the image folder")
+    out_root = os.fspath(out_root)
+    what = "the VOC dataset"
+    _check_target(out_root, True, what)
     dataset = load_coco(annotation_file, image_dir, classes=classes, keep_empty=keep_empty,
                         on_error=on_error)
-    out_root = os.fspath(out_root)
     classes_file = os.path.join(out_root, "classes.txt")
     if os.path.isfile(classes_file):
         existing = read_classes_file(classes_file)
@@ -223,26 +312,45 @@ def coco_to_voc(annotation_file, image_dir, out_root, classes=None, split="train
     ann_dir = os.path.join(out_root, "Annotations")
     img_dir = os.path.join(out_root, "JPEGImages")
     sets_dir = os.path.join(out_root, "ImageSets", "Main")
-    for folder in (ann_dir, img_dir, sets_dir):
-        os.makedirs(folder, exist_ok=True)
-
     names = sorted(dataset.annotations)
     ids = _voc_ids(names)
-    objects = 0
-    for name, image_id in zip(names, ids):
-        ann = dataset.annotations[name]
-        jpeg_name = image_id + os.path.splitext(name)[1]
-        ann_out = type(ann)(jpeg_name, ann.width, ann.height, ann.boxes, ann.labels, ann.difficult)
-        _place_image(os.path.join(dataset.image_dir, name), os.path.join(img_dir, jpeg_name), link)
-        with atomic_path(os.path.join(ann_dir, f"{image_id}.xml")) as tmp, \
-                open(tmp, "w", encoding="utf8") as f:
-            f.write(annotation_xml(ann_out, dataset.classes))
-        objects += len(ann.labels)
-    split = _VOC_SPLITS.get(split, split)
-    with atomic_path(os.path.join(sets_dir, f"{split}.txt")) as tmp, open(tmp, "w", encoding="utf8") as f:
-        f.write("".join(f"{i}\n" for i in ids))
-    with atomic_path(classes_file) as tmp, open(tmp, "w", encoding="utf8") as f:
-        f.write("".join(f"{c}\n" for c in dataset.classes))
+    jpeg_names = [image_id + os.path.splitext(name)[1] for name, image_id in zip(names, ids)]
+    split_file = os.path.join(sets_dir, f"{_VOC_SPLITS.get(split, split)}.txt")
+    # Every output checked before the first is written: a folder in the way
+    # would otherwise stop the conversion half-way.
+    for folder in (ann_dir, img_dir, os.path.dirname(sets_dir), sets_dir):
+        _check_target(folder, True, what)
+    for path in [os.path.join(ann_dir, f"{i}.xml") for i in ids] + [
+            os.path.join(img_dir, j) for j in jpeg_names] + [split_file, classes_file]:
+        _check_target(path, False, what)
+
+    created = []  # files and folders this call made, in order, removed again on an error
+    try:
+        for folder in (ann_dir, img_dir, sets_dir):
+            created += _missing_folders(folder)
+            os.makedirs(folder, exist_ok=True)
+        objects = 0
+        for name, image_id, jpeg_name in zip(names, ids, jpeg_names):
+            ann = dataset.annotations[name]
+            ann_out = type(ann)(jpeg_name, ann.width, ann.height, ann.boxes, ann.labels, ann.difficult)
+            for path in (os.path.join(img_dir, jpeg_name), os.path.join(ann_dir, f"{image_id}.xml")):
+                if not os.path.lexists(path):
+                    created.append(path)
+            _place_image(os.path.join(dataset.image_dir, name), os.path.join(img_dir, jpeg_name), link)
+            with atomic_path(os.path.join(ann_dir, f"{image_id}.xml")) as tmp, \
+                    open(tmp, "w", encoding="utf8") as f:
+                f.write(annotation_xml(ann_out, dataset.classes))
+            objects += len(ann.labels)
+        for path, lines in ((split_file, ids), (classes_file, dataset.classes)):
+            if not os.path.lexists(path):
+                created.append(path)
+            with atomic_path(path) as tmp, open(tmp, "w", encoding="utf8") as f:
+                f.write("".join(f"{line}\n" for line in lines))
+    except BaseException as e:
+        _undo(created)
+        if isinstance(e, OSError):
+            raise _os_error(e, out_root, what) from None
+        raise
     return {"images": len(names), "objects": objects, "classes": len(dataset.classes)}
 
 

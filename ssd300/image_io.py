@@ -97,10 +97,53 @@ def follows_stored_size(stored_size, orientation, annotated_size):
     return annotated == stored and annotated != stored[::-1]
 
 
+#: Pillow's modes of 16-bit (and 32-bit integer) grayscale pictures.
+_WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def gray16_to_8bit(values):
+    """16-bit gray levels to 8 bits by the fixed scale ``round(value / 257)``.
+
+    ``65535 / 257 = 255``, so the whole 16-bit range maps linearly onto the
+    8-bit one and a level means the same brightness in every picture (no
+    stretch by the picture's own maximum). Integers never fall on a half
+    (257 is odd), so the rounding needs no tie rule; it equals OpenCV's
+    ``convertScaleAbs(values, alpha=1 / 257)``. It differs by at most one
+    level from taking the high byte (``value >> 8``, as ``cv2.imread``
+    without ``IMREAD_ANYDEPTH`` and torchvision's ``convert_image_dtype``
+    do).
+
+    Args:
+        values: integer array of levels in ``[0, 65535]``.
+
+    Returns:
+        uint8 array of the same shape.
+    """
+    wide = np.asarray(values, dtype=np.uint32)
+    return ((wide + 128) // 257).astype(np.uint8)  # floor((v + 128) / 257) == round(v / 257)
+
+
+def _wide_gray_to_8bit(img, path):
+    """An ``L`` image of a 16-bit (``I;16*``) or 32-bit integer (``I``) gray ``PIL.Image``.
+
+    ``I`` holds 16-bit data in practice (Pillow opens some 16-bit PNGs and
+    TIFFs as ``I``), so it is scaled the same way when every value lies in
+    ``[0, 65535]``; other values have no agreed 8-bit meaning and are refused.
+    """
+    values = np.asarray(img)
+    if img.mode == "I" and values.size and (values.min() < 0 or values.max() > 65535):
+        raise ImageError(f"{path}: 32-bit integer image with values {values.min()} to {values.max()}; "
+                         "only 16-bit values (0 to 65535) are read: convert it to 8 or 16 bits")
+    return Image.fromarray(gray16_to_8bit(values))
+
+
 def open_rgb(path, orient=True):
     """Open an image file as an RGB ``PIL.Image`` (decoded), upright.
 
-    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images become RGB.
+    Grayscale, palette, RGBA (alpha dropped), CMYK and 16-bit images become
+    RGB. 16-bit gray levels map to 8 bits by a fixed scale,
+    :func:`gray16_to_8bit`; a 32-bit integer (``I``) picture must hold
+    16-bit values.
 
     Args:
         path: the image file.
@@ -108,9 +151,10 @@ def open_rgb(path, orient=True):
             ``PIL.ImageOps.exif_transpose``); ``False`` gives the picture as stored.
 
     Raises:
-        ImageError: the file is missing, not an image, truncated, corrupt, or
+        ImageError: the file is missing, not an image, truncated, corrupt,
             larger than ``PIL.Image.MAX_IMAGE_PIXELS`` (a possible
-            decompression bomb).
+            decompression bomb), or a 32-bit integer picture with values
+            outside ``[0, 65535]``.
     """
     path = os.fspath(path)
     try:
@@ -118,17 +162,17 @@ def open_rgb(path, orient=True):
             _check_size(img, path)
             img.load()
             orientation = exif_orientation(img) if orient else 1
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                # 16/32-bit grayscale: scale to 8 bits instead of clipping.
-                arr = np.asarray(img, dtype=np.float64)
-                top = arr.max() if arr.size and arr.max() > 0 else 1.0
-                img = Image.fromarray((arr * (255.0 / top)).astype(np.uint8))
+            if img.mode in _WIDE_GRAY_MODES:
+                # Pillow's convert() would clip at 255; a fixed scale keeps brightness comparable.
+                img = _wide_gray_to_8bit(img, path)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 img = img.convert("RGBA")
             rgb = img if img.mode == "RGB" else img.convert("RGB")
             if orientation != 1:
                 rgb = rgb.transpose(ORIENTATION_TRANSPOSE[orientation])
             return rgb
+    except ImageError:
+        raise
     except _READ_ERRORS as e:
         raise _open_error(path, e) from None
 

@@ -23,6 +23,22 @@ _ALLOWED_GLOBALS = {
     ("_codecs", "encode"),
     ("codecs", "encode"),
 }
+# Protocol 5 (pickle.HIGHEST_PROTOCOL) stores an array as numpy's
+# _frombuffer(bytes, dtype, shape, order[, axis_order]), under numpy 2's and
+# numpy 1's module names. It is answered with the same steps in public NumPy
+# (numpy.core.numeric would warn that it is deprecated).
+_FROMBUFFER = {
+    ("numpy._core.numeric", "_frombuffer"),
+    ("numpy.core.numeric", "_frombuffer"),
+}
+
+
+def _array_from_buffer(buffer, dtype, shape, order, axis_order=None):
+    """An array from a protocol-5 pickle: what numpy's ``_frombuffer`` does, in public NumPy."""
+    array = np.frombuffer(buffer, dtype=dtype)
+    if order == "K" and axis_order is not None:
+        return array.reshape(shape, order="C").transpose(axis_order)
+    return array.reshape(shape, order=order)
 
 
 class PriorFileError(UserError):
@@ -35,6 +51,8 @@ class _Refused(pickle.UnpicklingError):
 
 class _ArrayOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        if (module, name) in _FROMBUFFER:
+            return _array_from_buffer
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise _Refused(
@@ -42,7 +60,12 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 
 def validate_priors(priors, source="priors"):
-    """Return ``priors`` as a float32 ``(N, 8)`` array, or raise ``PriorFileError``."""
+    """Return ``priors`` as a float32 ``(N, 8)`` array, or raise ``PriorFileError``.
+
+    Values must be finite and within float32's range; both are checked
+    before the cast, which would otherwise turn a large float64 into ``inf``
+    (with NumPy's overflow warning).
+    """
     if not isinstance(priors, np.ndarray):
         raise PriorFileError(
             f"{source}: expected a NumPy array of shape (N, 8), got {type(priors).__name__}")
@@ -50,17 +73,21 @@ def validate_priors(priors, source="priors"):
         raise PriorFileError(f"{source}: expected shape (N, 8), got {priors.shape}")
     if not np.issubdtype(priors.dtype, np.number) or np.issubdtype(priors.dtype, np.complexfloating):
         raise PriorFileError(f"{source}: expected a real numeric array, got dtype {priors.dtype}")
-    priors = priors.astype(np.float32)
     if not np.all(np.isfinite(priors)):
         raise PriorFileError(f"{source}: contains NaN or infinite values")
-    return priors
+    largest = np.abs(priors).max()
+    if largest > np.finfo(np.float32).max:
+        raise PriorFileError(f"{source}: contains values too large for float32 (up to {largest:g})")
+    return priors.astype(np.float32)
 
 
 def load_priors(path):
     """Load prior boxes from a pickle file (the originals' ``prior_boxes_ssd300.pkl``).
 
-    Python 2 pickles of the originals load too. Only a plain numeric NumPy
-    array is unpickled; anything else is refused without running its code.
+    Python 2 pickles of the originals load too, and arrays pickled with
+    any protocol (``pickle.HIGHEST_PROTOCOL`` included). Only a plain
+    numeric NumPy array is unpickled; anything else is refused without
+    running its code.
 
     Args:
         path: the ``.pkl`` file.
@@ -92,10 +119,25 @@ def save_priors(priors, path):
 
     The file loads with the original notebook's
     ``pickle.load(open(path, "rb"))``.
+
+    Args:
+        priors: ``(N, 8)`` boxes and variances.
+        path: the ``.pkl`` file; its folder must exist.
+
+    Raises:
+        PriorFileError: ``priors`` is not a finite ``(N, 8)`` array.
+        UserError: ``path`` cannot be written (a folder, a missing or
+            unwritable folder), naming it and the reason; no file is left.
     """
     priors = validate_priors(np.asarray(priors), "priors")
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        pickle.dump(priors, f, protocol=2)
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise UserError(f"{path}: cannot write the priors (it is a folder)")
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            pickle.dump(priors, f, protocol=2)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the priors ({e.strerror or e})") from None
 
 
 def priors_from_model(model):

@@ -14,12 +14,19 @@ from keras import ops
 from .dilated_conv import DilatedConv2D  # noqa: F401  (registered on import)
 
 
+#: The floor of the squared norm in :class:`Normalize` (``tf.nn.l2_normalize``'s epsilon).
+L2_EPSILON = 1e-12
+
+
 @keras.saving.register_keras_serializable(package="ssd300")
 class Normalize(keras.layers.Layer):
     """L2 normalisation over channels with a learned per-channel scale.
 
     As in ParseNet (Liu et al., 2015): ``y = gamma * x / ||x||_2`` where the
     norm is taken over the channel axis and ``gamma`` starts at ``scale``.
+    Exactly Keras 2's ``K.l2_normalize`` (``tf.nn.l2_normalize``):
+    ``x * rsqrt(max(sum(x ** 2), 1e-12))``, so a vector of norm below 1e-6
+    is divided by 1e-6.
 
     Args:
         scale: initial value of every entry of ``gamma``.
@@ -47,9 +54,15 @@ class Normalize(keras.layers.Layer):
         )
 
     def call(self, x):
-        # keras.ops.normalize divides by max(||x||, epsilon), as
-        # K.l2_normalize did in Keras 2.
-        return ops.normalize(x, axis=self.axis, order=2) * ops.cast(self.gamma, x.dtype)
+        # Keras 2's K.l2_normalize was tf.nn.l2_normalize: x * rsqrt(max(sum(x**2), 1e-12)),
+        # the same operations here (keras.ops.normalize floors the norm at 1e-7 instead, which
+        # differs for norms below 1e-6). Under mixed precision the sum is taken in float32:
+        # float16 would overflow on conv4_3's activations and flush 1e-12 to 0.
+        dtype = keras.backend.standardize_dtype(x.dtype)
+        wide = ops.cast(x, "float32") if dtype in ("float16", "bfloat16") else x
+        square_sum = ops.sum(ops.square(wide), axis=self.axis, keepdims=True)
+        inverse_norm = ops.rsqrt(ops.maximum(square_sum, L2_EPSILON))
+        return ops.cast(wide * inverse_norm, dtype) * ops.cast(self.gamma, dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

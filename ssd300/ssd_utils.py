@@ -178,25 +178,31 @@ class BBoxUtility:
 
         Args:
             boxes: ``(num_boxes, 4 + num_classes - 1)``: normalised box and a
-                one-hot class row without the background.
+                one-hot class row without the background. Any empty array
+                (``np.array([])`` of shape ``(0,)``, as the originals'
+                ``get_data_from_XML`` gave for an image without objects, or
+                ``(0, k)``) means no boxes. A zero-wide or zero-high box (a
+                one-pixel VOC box normalised by the image size) overlaps no
+                prior and leaves the target as it would be without it.
             dtype: of the result (the data pipeline asks for float32).
 
         Returns:
             ``(num_priors, 4 + num_classes + 8)``: the encoded box, the one-hot
             class (background for unmatched priors), and in column ``-8`` a 1
-            for matched priors; the last 7 columns are 0.
+            for matched priors; the last 7 columns are 0. All background
+            when there is no box, as the original's ``len(boxes) == 0`` case.
         """
         boxes = np.asarray(boxes, dtype=np.float64)
-        if boxes.ndim != 2 or (len(boxes) and boxes.shape[1] != 4 + self.num_classes - 1):
+        assignment = np.zeros((self.num_priors, num_columns(self.num_classes)), dtype=dtype)
+        offsets, one_hot, _ = split_targets(assignment)
+        one_hot[:, 0] = 1.0
+        if boxes.size == 0:
+            return assignment
+        if boxes.ndim != 2 or boxes.shape[1] != 4 + self.num_classes - 1:
             raise ValueError(
                 f"assign_boxes expects boxes of shape (num_boxes, {4 + self.num_classes - 1}): a box "
                 f"and a one-hot row of the {self.num_classes - 1} classes without the background; "
                 f"got {boxes.shape}")
-        assignment = np.zeros((self.num_priors, num_columns(self.num_classes)), dtype=dtype)
-        offsets, one_hot, _ = split_targets(assignment)
-        one_hot[:, 0] = 1.0
-        if len(boxes) == 0:
-            return assignment
         matched = self.match(boxes)
         pos = np.flatnonzero(matched >= 0)
         owner = matched[pos]

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .box_ops import pairwise_iou
+from .errors import UserError
 
 SHAPE_CLASSES = ("circle", "square", "triangle", "cross")
 #: Colours of the "simple" style, one per class (RGB).
@@ -135,7 +136,8 @@ def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_
     """Write a synthetic VOC-format dataset.
 
     The folder is written in full beside ``out_dir`` and then moved into
-    place, so an interrupted run leaves no half dataset.
+    place, so an interrupted or failed run leaves no half dataset (nor the
+    folders above ``out_dir`` that it created).
 
     Args:
         out_dir: the dataset folder to create (like ``VOCdevkit/VOC2007``).
@@ -149,20 +151,39 @@ def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_
 
     Returns:
         ``out_dir``.
+
+    Raises:
+        FileExistsError: ``out_dir`` exists and ``overwrite`` is not set.
+        UserError: ``out_dir`` is a file, or cannot be written (a file
+            where a folder above it should be, a missing or unwritable
+            folder, a full disk), naming it and the reason.
+        ValueError: unknown classes, or fewer than 2 images.
     """
-    out_dir = os.path.abspath(os.fspath(out_dir))
+    given = os.fspath(out_dir)
+    out_dir = os.path.abspath(given)
     classes = tuple(classes)
     unknown = set(classes) - set(SHAPE_CLASSES)
     if unknown:
         raise ValueError(f"unknown shape classes {sorted(unknown)}; choose from {SHAPE_CLASSES}")
     if images < 2:
         raise ValueError("need at least 2 images (one for training, one for testing)")
-    if os.path.exists(out_dir) and not overwrite:
+    if os.path.lexists(out_dir) and not overwrite:
         raise FileExistsError(f"{out_dir} already exists (pass overwrite=True / --overwrite)")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise UserError(f"{given}: cannot write the dataset (a file of that name exists; "
+                        "overwrite replaces only a dataset folder)")
     parent = os.path.dirname(out_dir)
-    os.makedirs(parent, exist_ok=True)
-    work = tempfile.mkdtemp(prefix=".synth-", dir=parent)
+    made = []  # the folders above out_dir that this call creates, outermost first
+    folder = parent
+    while not os.path.lexists(folder):
+        made.insert(0, folder)
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise UserError(f"{given}: cannot write the dataset ({folder} is a file, not a folder)")
+    work = None
     try:
+        os.makedirs(parent, exist_ok=True)
+        work = tempfile.mkdtemp(prefix=".synth-", dir=parent)
         for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
             os.makedirs(os.path.join(work, sub))
         ids = [f"{i:06d}" for i in range(1, images + 1)]
@@ -191,7 +212,15 @@ def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_
         if os.path.exists(out_dir):
             shutil.rmtree(out_dir)
         os.replace(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+    except BaseException as e:
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
+        for folder in reversed(made):
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass  # not empty or not there
+        if isinstance(e, OSError):
+            raise UserError(f"{given}: cannot write the dataset ({e.strerror or e})") from None
         raise
     return out_dir

@@ -290,32 +290,101 @@ def fit(config):
 
     Raises:
         UserError: a bad dataset, weights file, checkpoint or option (the
-            message names the file and the problem).
+            message names the file and the problem). A run that fails before
+            its first epoch is saved (bad weights or ``freeze``, an
+            unreadable image in the first batches) leaves ``config.out`` as
+            it found it: no ``classes.txt`` of its own, no new empty folder.
     """
     run = start_distribution(config)  # None: a plain run on one device
     chief = run is None or run.is_chief
-    say = print if chief else _quiet  # process 0 alone writes files and prints
     keras.utils.set_random_seed(config.seed)
     data = load_training_data(config)
-    num_classes = num_classes_with_background(data.classes)
+    made = _missing_folders(config.out)
     try:
         os.makedirs(config.out, exist_ok=True)
     except OSError as e:
         raise UserError(f"{config.out}: cannot create the output folder ({e.strerror})") from None
+    classes_file = _RevertibleFile(os.path.join(config.out, "classes.txt"))
+    state = {"epoch": 0, "classes": list(data.classes), "input_size": config.input_size}
+    start_epoch = state["epoch"]
+    try:
+        resume = read_resume_state(config, data.classes) if config.resume else None
+        if resume:
+            state = resume[2]
+            start_epoch = state["epoch"]
+        return _train(config, run, data, state, resume, classes_file)
+    except BaseException:
+        if state["epoch"] == start_epoch:  # no epoch of this run was saved: undo what it wrote
+            if chief:
+                classes_file.restore()
+            for folder in reversed(made):
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    pass  # not empty (a TensorBoard log), or another process removed it
+        raise
+
+
+def _missing_folders(folder):
+    """The folders that ``os.makedirs(folder)`` would create, outermost first."""
+    missing = []
+    folder = os.path.abspath(folder)
+    while not os.path.lexists(folder):
+        missing.insert(0, folder)
+        folder = os.path.dirname(folder)
+    return missing
+
+
+class _RevertibleFile:
+    """A small text file that a run writes and can take back, restoring what was there before.
+
+    Args:
+        path: the file (e.g. ``OUT/classes.txt``).
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.previous = None  # the bytes it held before write(); None: it did not exist
+        self.written = False
+
+    def write(self, text):
+        """Write ``text`` (UTF-8) atomically, remembering the old content the first time."""
+        if not self.written and os.path.isfile(self.path):
+            with open(self.path, "rb") as f:
+                self.previous = f.read()
+        with atomic_path(self.path) as tmp, open(tmp, "w", encoding="utf8") as f:
+            f.write(text)
+        self.written = True
+
+    def restore(self):
+        """Undo :meth:`write`: remove the file, or put the old content back."""
+        if not self.written:
+            return
+        if self.previous is None:
+            os.remove(self.path)
+        else:
+            with atomic_path(self.path) as tmp, open(tmp, "wb") as f:
+                f.write(self.previous)
+        self.written = False
+
+
+def _train(config, run, data, state, resume, classes_file):
+    """:func:`fit` once the data and the checkpoint (``resume``) are read and ``config.out`` exists.
+
+    ``state`` is updated in place (``state["epoch"]`` counts the saved
+    epochs); ``classes_file`` is written once the model, weights and layers
+    are checked.
+    """
+    chief = run is None or run.is_chief
+    say = print if chief else _quiet  # process 0 alone writes files and prints
+    num_classes = num_classes_with_background(data.classes)
     checkpoint_path = os.path.join(config.out, CHECKPOINT)
     if chief:
         for name in remove_stale_temporaries(config.out):
             print(f"removed {name}, left by an interrupted run")
-        # detect and evaluate read the class names beside the weights.
-        with atomic_path(os.path.join(config.out, "classes.txt")) as tmp, open(tmp, "w", encoding="utf8") as f:
-            f.write("".join(f"{name}\n" for name in data.classes))
-    state = {"epoch": 0, "classes": list(data.classes), "input_size": config.input_size}
-    resume = read_resume_state(config, data.classes) if config.resume else None
-    if resume:
-        state = resume[2]
-        if run:
-            run.check_same([state["epoch"], int(resume[1][0]) if resume[1] else 0],
-                           f"the epoch and step of {checkpoint_path}")
+    if resume and run:
+        run.check_same([state["epoch"], int(resume[1][0]) if resume[1] else 0],
+                       f"the epoch and step of {checkpoint_path}")
 
     batch_size, val_batch_size, shard = config.batch_size, config.batch_size, {}
     if run:
@@ -355,6 +424,9 @@ def fit(config):
         if resume:
             restore_optimizer(model, resume[1], checkpoint_path)
             say(f"resuming from {checkpoint_path} after epoch {start_epoch}")
+        if chief:
+            # Everything is checked now; detect and evaluate read the class names beside the weights.
+            classes_file.write("".join(f"{name}\n" for name in data.classes))
         say(f"training on {len(data.train_keys)} images, validating on {len(data.val_keys)}; "
             f"{num_classes - 1} classes; {config.optimizer} lr {config.lr} ({config.schedule}), "
             f"batch {config.batch_size}, neg_pos_ratio {config.neg_pos_ratio}, augment {config.augment}")

@@ -33,7 +33,8 @@ class Annotation:
         filename: the image file name (the ``<filename>`` tag).
         width, height: image size in pixels.
         boxes: ``(N, 4)`` float pixel ``xmin, ymin, xmax, ymax`` as written in
-            the XML (VOC: 1-based, inclusive).
+            the XML (VOC: 1-based, inclusive, so ``xmin == xmax`` is a box one
+            pixel wide).
         labels: ``(N,)`` int class indices, 1-based into the class list.
         difficult: ``(N,)`` bool.
     """
@@ -63,6 +64,29 @@ def _number(node, tag, path, what):
     if not math.isfinite(number):
         raise AnnotationError(f"{path}: <{tag}> in {what} is not a finite number: {value!r}")
     return number
+
+
+#: The ``<difficult>`` texts understood (after stripping and lower-casing): VOC
+#: writes ``0`` / ``1``; other tools write ``true`` / ``false`` or ``1.0``.
+_DIFFICULT_VALUES = {"0": False, "1": True, "0.0": False, "1.0": True, "false": False, "true": True}
+
+
+def _difficult(obj, path, what):
+    """The ``<difficult>`` flag of an ``<object>``; absent or empty is ``False``.
+
+    Raises:
+        AnnotationError: any text other than those of
+            :data:`_DIFFICULT_VALUES` (reading it as 0 would turn an
+            ignored object into a positive).
+    """
+    node = obj.find("difficult")
+    text = "" if node is None or node.text is None else node.text.strip()
+    if not text:
+        return False
+    flag = _DIFFICULT_VALUES.get(text.lower())
+    if flag is None:
+        raise AnnotationError(f"{path}: <difficult> in {what} is {text!r}: expected 0, 1, true or false")
+    return flag
 
 
 def image_path_problem(name):
@@ -105,11 +129,24 @@ def parse_annotation(path, classes=VOC_CLASSES, on_error="raise"):
     Returns:
         :class:`Annotation`.
 
+    Boxes follow VOC's 1-based inclusive convention: ``xmin == xmax`` (or
+    ``ymin == ymax``) is a box one pixel wide (or high), accepted as the
+    devkit and :func:`ssd300.convert.coco_to_voc` write it; only ``xmax <
+    xmin`` or ``ymax < ymin`` is an empty box. ``XML_preprocessor``
+    normalises by ``x / width`` as the originals did, so such a box becomes
+    zero-wide there: it matches no prior (IoU 0), so it adds no positive to
+    the training target (``BBoxUtility.assign_boxes`` stays finite), while
+    evaluation scores it as the one-pixel box it is.
+
+    ``<difficult>`` may be ``0``, ``1``, ``true``, ``false``, ``0.0`` or
+    ``1.0`` (any case, surrounding spaces); absent or empty means 0.
+
     Raises:
         AnnotationError: naming the file and the problem: unsafe or
             malformed XML, a missing or non-positive ``<size>``, a
-            coordinate that is not a finite number, an unknown class, an
-            empty box or one outside the image (unless ``on_error="warn"``).
+            coordinate that is not a finite number; and, unless
+            ``on_error="warn"``, an unknown class, an empty box, a box
+            outside the image, or any other ``<difficult>`` text.
     """
     path = os.fspath(path)
     try:
@@ -154,30 +191,36 @@ def parse_annotation(path, classes=VOC_CLASSES, on_error="raise"):
                 raise AnnotationError(f"{path}: missing <bndbox> in {what}")
             box = [_number(box_node, t, path, f"{what} <bndbox>")
                    for t in ("xmin", "ymin", "xmax", "ymax")]
-            if box[2] <= box[0] or box[3] <= box[1]:
+            # Inclusive pixel boxes: xmin == xmax is one pixel wide, not empty.
+            if box[2] < box[0] or box[3] < box[1]:
                 raise AnnotationError(f"{path}: {what} ({name}) has an empty box {box}: "
-                                      "need xmax > xmin and ymax > ymin")
+                                      "need xmax >= xmin and ymax >= ymin")
             if box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height:
                 raise AnnotationError(f"{path}: {what} ({name}) box {box} lies outside the "
                                       f"{width:g}x{height:g} image")
+            is_difficult = _difficult(obj, path, f"{what} ({name})")
         except AnnotationError as e:
             if on_error == "warn":
                 warnings.warn(f"{e}; object skipped", stacklevel=2)
                 continue
             raise
-        diff = obj.find("difficult")
         boxes.append(box)
         labels.append(class_index[name])
-        difficult.append(diff is not None and (diff.text or "0").strip() == "1")
+        difficult.append(is_difficult)
     return Annotation(filename, width, height,
                       np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
                       np.asarray(labels, dtype=np.int64), np.asarray(difficult, dtype=bool))
 
 
 def _read_lines(path, what):
-    """The stripped non-empty lines of a UTF-8 text file; :class:`AnnotationError` naming it otherwise."""
+    """The stripped non-empty lines of a UTF-8 text file; :class:`AnnotationError` naming it otherwise.
+
+    A leading UTF-8 byte order mark (Windows Notepad's "UTF-8 with BOM",
+    PowerShell 5's ``Out-File``) is dropped, as ``json`` and the XML parser
+    here do; kept, it would stick, unseen, to the first name or id.
+    """
     try:
-        with open(path, encoding="utf8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             return [line.strip() for line in f if line.strip()]
     except UnicodeDecodeError as e:
         raise AnnotationError(f"{path}: {what} is not UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -236,8 +279,9 @@ class XML_preprocessor:  # noqa: N801  (the original's name)
     Attributes:
         data: ``{image file name: (num_objects, 4 + num_classes)}`` float
             arrays: ``xmin, ymin, xmax, ymax`` divided by the image width and
-            height, then a one-hot class row. ``(0, 4 + num_classes)`` for an
-            image without objects.
+            height (as the originals: a one-pixel box, ``xmin == xmax``, is
+            zero-wide here and matches no prior), then a one-hot class row.
+            ``(0, 4 + num_classes)`` for an image without objects.
         difficult: ``{image file name: (num_objects,) bool}`` matching the
             rows of ``data``.
         annotations: ``{image file name: Annotation}`` with all objects.

@@ -156,7 +156,7 @@ VOC_XML_CASES = [
     ("non-numeric-coordinate", xml(obj(x0="12px")), r"<xmin> in object 1 <bndbox> is not a number: '12px'"),
     ("huge-coordinate", xml(obj(x1=1e30)), r"lies outside the 200x100 image"),
     ("out-of-image-coordinate", xml(obj(y1=101)), r"lies outside the 200x100 image"),
-    ("empty-box", xml(obj(x0=50, x1=50)), r"object 1 \(dog\) has an empty box"),
+    ("empty-box", xml(obj(x0=51, x1=50)), r"object 1 \(dog\) has an empty box"),
     ("inverted-box", xml(obj(y0=60, y1=20)), r"has an empty box"),
     ("missing-size", xml(obj(), size=False), r"missing <size>"),
     ("zero-size", xml(obj(), width=0), r"image size must be positive, got 0x100"),

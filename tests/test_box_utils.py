@@ -73,6 +73,37 @@ def test_assign_boxes_checks_the_class_columns(priors):
     assert util.assign_boxes(np.zeros((0, 4))).shape == (7308, 33)
 
 
+@pytest.mark.parametrize("empty", [np.array([]), [], np.zeros((0,)), np.zeros((0, 4)), np.zeros((0, 24)),
+                                   np.zeros((1, 0)), np.zeros((0, 3, 5))])
+def test_assign_boxes_takes_any_empty_array_as_no_boxes(priors, empty):
+    # The originals' get_data_from_XML gave np.array([]) (shape (0,)) for an image without
+    # objects, and assign_boxes returned the all-background target for it.
+    got = BBoxUtility(NUM_CLASSES, priors).assign_boxes(empty, dtype=np.float32)
+    expected = np.zeros((7308, 4 + NUM_CLASSES + 8), np.float32)
+    expected[:, 4] = 1.0
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_zero_wide_boxes_match_no_prior(priors, rng):
+    # A one-pixel VOC box (xmin == xmax) normalised by the image width is zero-wide: IoU 0 with
+    # every prior, so it adds nothing to the target and nothing becomes NaN or infinite.
+    util = BBoxUtility(NUM_CLASSES, priors)
+    ordinary = with_classes(rng, np.array([[0.2, 0.3, 0.6, 0.8]]))
+    degenerate = with_classes(rng, np.array([[0.055, 0.11, 0.055, 0.4], [0.1, 0.5, 0.7, 0.5],
+                                             [0.3, 0.3, 0.3, 0.3]]))
+    alone = util.assign_boxes(degenerate)
+    assert np.isfinite(alone).all() and alone[:, -8].sum() == 0
+    np.testing.assert_array_equal(alone, util.assign_boxes(np.zeros((0, 24))))
+    mixed = util.assign_boxes(np.concatenate([degenerate[:1], ordinary, degenerate[1:]]))
+    assert np.isfinite(mixed).all()
+    np.testing.assert_array_equal(mixed, util.assign_boxes(ordinary))
+    with np.errstate(divide="ignore"):  # the original encodes log(0) for the void claim, then drops it
+        reference = assign_boxes_one_at_a_time(np.concatenate([degenerate[:1], ordinary, degenerate[1:]]),
+                                               priors, NUM_CLASSES)
+    np.testing.assert_array_equal(mixed, reference)
+
+
 def test_decode_inverts_encode(priors, rng):
     util = BBoxUtility(NUM_CLASSES, priors)
     boxes = random_boxes(rng, 50, 0.05, 0.5)

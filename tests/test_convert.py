@@ -1,7 +1,9 @@
 """VOC XML <-> COCO JSON conversion: exact round trips both ways, real and synthetic data."""
 
+import errno
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -184,3 +186,155 @@ def test_crowd_boxes_and_sub_folders(tmp_path):
         coco_to_voc(tmp_path / "clash.json", tmp_path / "img", tmp_path / "voc2")
     with pytest.raises(UserError, match="VOC folder not found"):
         voc_to_coco(tmp_path / "nowhere", tmp_path / "o.json")
+
+
+def test_one_pixel_coco_box_round_trips_through_voc(tmp_path):
+    # COCO [10, 10, 1, 30] is one pixel wide: VOC <xmin>11</xmin> <xmax>11</xmax> (inclusive), which the
+    # VOC reader accepts and voc_to_coco turns back into the same COCO box.
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 80}],
+           "categories": [{"id": 1, "name": "pole"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 1, 30], "iscrowd": 0},
+                           {"id": 2, "image_id": 1, "category_id": 1, "bbox": [50, 10, 20, 1], "iscrowd": 0}]}
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    (tmp_path / "a.jpg").write_bytes(b"picture")
+    coco_to_voc(tmp_path / "a.json", tmp_path, tmp_path / "voc", link="copy")
+    prep = XML_preprocessor(tmp_path / "voc" / "Annotations")
+    np.testing.assert_array_equal(prep.annotations["a.jpg"].boxes, [[11, 11, 11, 40], [51, 11, 70, 11]])
+    np.testing.assert_allclose(prep.data["a.jpg"][:, :4], [[0.11, 0.1375, 0.11, 0.5], [0.51, 0.1375, 0.7, 0.1375]])
+    voc_to_coco(tmp_path / "voc", tmp_path / "back.json")
+    assert [a["bbox"] for a in json.loads((tmp_path / "back.json").read_text())["annotations"]] == \
+        [[10, 10, 1, 30], [50, 10, 20, 1]]
+
+
+def small_coco(folder, images=3):
+    """A COCO file of ``images`` one-box pictures in ``folder``; returns its path."""
+    doc = {"images": [{"id": i, "file_name": f"p{i}.jpg", "width": 60, "height": 40} for i in range(1, images + 1)],
+           "categories": [{"id": 1, "name": "cat"}],
+           "annotations": [{"id": i, "image_id": i, "category_id": 1, "bbox": [5, 5, 20, 10]}
+                           for i in range(1, images + 1)]}
+    for i in range(1, images + 1):
+        (folder / f"p{i}.jpg").write_bytes(b"picture %d" % i)
+    (folder / "ann.json").write_text(json.dumps(doc))
+    return folder / "ann.json"
+
+
+def tree(folder):
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, dirs, files in os.walk(folder)
+                  for n in dirs + files)
+
+
+def test_voc_to_coco_outputs_that_cannot_be_written(synthetic, tmp_path, monkeypatch):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder").mkdir()
+    for out, reason in [(tmp_path / "folder", "it is a folder"),
+                        (tmp_path / "afile" / "o.json", f"{tmp_path / 'afile'} is a file, not a folder"),
+                        ("/proc/ssd300-none/o.json", "No such file or directory")]:
+        with pytest.raises(UserError, match=rf"^{re.escape(str(out))}: cannot write the COCO JSON "
+                                            rf"\({re.escape(reason)}\)$"):
+            voc_to_coco(synthetic, out)
+    assert tree(tmp_path) == ["afile", "folder"]
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    # A failed write leaves neither the file nor the folders made for it.
+    monkeypatch.setattr(json, "dump", disk_full)
+    with pytest.raises(UserError, match=r"new/sub/o.json: cannot write the COCO JSON \(No space left on device\)"):
+        voc_to_coco(synthetic, tmp_path / "new" / "sub" / "o.json")
+    assert tree(tmp_path) == ["afile", "folder"]
+
+
+def test_coco_to_voc_outputs_that_cannot_be_written(tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    source.mkdir()
+    ann = small_coco(source)
+    (tmp_path / "afile").write_text("x")
+    for out, reason in [(tmp_path / "afile", "a file of that name exists; a folder is needed"),
+                        (tmp_path / "afile" / "voc", f"{tmp_path / 'afile'} is a file, not a folder")]:
+        with pytest.raises(UserError, match=rf"^{re.escape(str(out))}: cannot write the VOC dataset "
+                                            rf"\({re.escape(reason)}\)$"):
+            coco_to_voc(ann, source, out)
+    with pytest.raises(UserError, match=r"^/proc/ssd300-none/voc: cannot write the VOC dataset \(No such file"):
+        coco_to_voc(ann, source, "/proc/ssd300-none/voc")
+    # Something in the way inside the VOC folder: refused before anything is written.
+    (tmp_path / "voc" / "Annotations" / "p2.xml").mkdir(parents=True)
+    with pytest.raises(UserError, match=r"voc/Annotations/p2.xml: cannot write the VOC dataset \(it is a folder\)"):
+        coco_to_voc(ann, source, tmp_path / "voc")
+    assert tree(tmp_path / "voc") == ["Annotations", os.path.join("Annotations", "p2.xml")]
+    (tmp_path / "voc2").mkdir()
+    (tmp_path / "voc2" / "JPEGImages").write_text("x")
+    with pytest.raises(UserError, match=r"voc2/JPEGImages: cannot write the VOC dataset \(a file of that name"):
+        coco_to_voc(ann, source, tmp_path / "voc2")
+    assert tree(tmp_path / "voc2") == ["JPEGImages"]
+    # An input image that vanished after the COCO file was read: named as unreadable; the new VOC
+    # folder is removed again.
+    import ssd300.convert
+
+    def load_then_lose_an_image(*args, **kwargs):
+        dataset = load_coco(*args, **kwargs)
+        os.remove(source / "p3.jpg")
+        return dataset
+
+    monkeypatch.setattr(ssd300.convert, "load_coco", load_then_lose_an_image)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(source / 'p3.jpg'))}: cannot read \(No such file"):
+        coco_to_voc(ann, source, tmp_path / "new" / "voc", link="copy")
+    assert not (tmp_path / "new").exists()
+
+
+def test_coco_to_voc_failing_half_way_removes_what_it_created(tmp_path, monkeypatch):
+    import ssd300.convert
+
+    source = tmp_path / "src"
+    source.mkdir()
+    ann = small_coco(source)
+    coco_to_voc(ann, source, tmp_path / "voc", split="train", link="copy")
+    before = tree(tmp_path / "voc")
+    assert len(before) == 12  # 3 folders, ImageSets/Main, 3 + 3 files, train.txt, classes.txt
+    writes = []
+    real = ssd300.convert.annotation_xml
+
+    def full_on_third(*args):
+        writes.append(1)
+        if len(writes) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args)
+
+    monkeypatch.setattr(ssd300.convert, "annotation_xml", full_on_third)
+    # Into a new folder: nothing is left of it.
+    with pytest.raises(UserError, match=r"fresh/voc: cannot write the VOC dataset \(No space left on device\)"):
+        coco_to_voc(ann, source, tmp_path / "fresh" / "voc", link="copy")
+    assert not (tmp_path / "fresh").exists()
+    # Adding a split to an existing folder: the folder is as it was (same ids, rewritten with the same content).
+    writes.clear()
+    with pytest.raises(UserError, match=r"voc: cannot write the VOC dataset \(No space left on device\)"):
+        coco_to_voc(ann, source, tmp_path / "voc", split="val", link="copy")
+    assert tree(tmp_path / "voc") == before
+
+
+def test_synthetic_dataset_outputs_that_cannot_be_written(tmp_path, monkeypatch):
+    import ssd300.synth
+
+    (tmp_path / "afile").write_text("x")
+    for out, reason in [(tmp_path / "afile" / "s", f"{tmp_path / 'afile'} is a file, not a folder"),
+                        ("/proc/ssd300-none/s", "No such file or directory")]:
+        with pytest.raises(UserError, match=rf"^{re.escape(str(out))}: cannot write the dataset "
+                                            rf"\({re.escape(reason)}\)$"):
+            make_synthetic_voc(out, images=2)
+    with pytest.raises(FileExistsError, match="afile already exists"):
+        make_synthetic_voc(tmp_path / "afile", images=2)
+    with pytest.raises(UserError, match=r"afile: cannot write the dataset \(a file of that name exists"):
+        make_synthetic_voc(tmp_path / "afile", images=2, overwrite=True)
+    assert tree(tmp_path) == ["afile"] and (tmp_path / "afile").read_text() == "x"
+    # A disk that fills up half-way: no half dataset, no work folder, no folder made for it.
+    real, calls = ssd300.synth.synthetic_image, []
+
+    def full_on_third(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ssd300.synth, "synthetic_image", full_on_third)
+    with pytest.raises(UserError, match=r"new/sub/s: cannot write the dataset \(No space left on device\)$"):
+        make_synthetic_voc(tmp_path / "new" / "sub" / "s", images=4, size_range=(40, 60))
+    assert tree(tmp_path) == ["afile"]

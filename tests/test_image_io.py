@@ -109,11 +109,38 @@ def test_decompression_bombs_are_refused_by_name(tmp_path, monkeypatch):
         read_header(tmp_path / "big.png")
 
 
+def test_sixteen_bit_gray_maps_by_a_fixed_scale(tmp_path):
+    # round(value / 257): 128/257 = 0.498, 129/257 = 0.502, 65406/257 = 254.498, 65407/257 = 254.502.
+    levels = np.array([[0, 128, 129, 385, 386, 1000, 4000, 32767, 32768, 65406, 65407, 65535]], np.uint16)
+    expected = [0, 0, 1, 1, 2, 4, 16, 127, 128, 254, 255, 255]
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    np.testing.assert_array_equal(load_image(tmp_path / "deep.png"),
+                                  np.repeat(np.array([expected], np.uint8)[..., None], 3, axis=-1))
+    # A dark picture stays dark: its brightest pixel does not decide the scale (it did: 4000 -> 255).
+    Image.fromarray(levels[:, :7]).save(tmp_path / "dark.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "dark.png")[0, :, 1], expected[:7])
+    # 32-bit integer ("I") pictures are read as 16-bit values, the same way; others are refused.
+    Image.fromarray(levels.astype(np.int32)).save(tmp_path / "deep32.tif")
+    assert Image.open(tmp_path / "deep32.tif").mode == "I"
+    np.testing.assert_array_equal(load_image(tmp_path / "deep32.tif")[0, :, 2], expected)
+    for name, bad in (("over.tif", 65536), ("negative.tif", -1)):
+        Image.fromarray(np.array([[0, bad]], np.int32)).save(tmp_path / name)
+        with pytest.raises(ImageError, match=rf"{name}: 32-bit integer image with values {min(0, bad)} to "
+                                             rf"{max(0, bad)}; only 16-bit values \(0 to 65535\)"):
+            load_image(tmp_path / name)
+
+
+def test_sixteen_bit_scale_equals_opencv_convert_scale_abs(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    every = np.arange(65536, dtype=np.uint16).reshape(256, 256)
+    Image.fromarray(every).save(tmp_path / "every.png")
+    reference = cv2.convertScaleAbs(cv2.imread(str(tmp_path / "every.png"), cv2.IMREAD_UNCHANGED), alpha=1 / 257)
+    assert reference.dtype == np.uint8 and reference.shape == (256, 256)
+    np.testing.assert_array_equal(load_image(tmp_path / "every.png")[..., 0], reference)
+
+
 def test_modes_become_rgb_with_known_values(tmp_path):
-    # 16-bit grayscale is scaled by its maximum to 8 bits, not clipped.
-    deep = np.array([[0, 1000, 4000]], np.uint16)
-    Image.fromarray(deep).save(tmp_path / "deep.png")
-    np.testing.assert_array_equal(load_image(tmp_path / "deep.png")[0, :, 0], [0, 63, 255])
     # CMYK: Pillow's conversion.
     cmyk = Image.new("CMYK", (4, 2), (0, 255, 255, 0))  # red
     cmyk.save(tmp_path / "cmyk.tif")

@@ -88,6 +88,64 @@ def test_normalize_matches_numpy():
     assert len(layer.trainable_weights) == 1 and layer.trainable_weights[0].shape == (7,)
 
 
+def l2_normalize_reference(x):
+    """Keras 2's ``K.l2_normalize``: ``tf.nn.l2_normalize``, restated in float64 NumPy."""
+    x = np.asarray(x, np.float64)
+    return x / np.sqrt(np.maximum((x * x).sum(-1, keepdims=True), 1e-12))
+
+
+def test_normalize_is_keras2_l2_normalize():
+    # Channel vectors of norm 5e-7, 1e-7, 3e-7 (a 3-4-5 pair), 2e-6 and 0 (divided by 1e-6 below a norm
+    # of 1e-6, as tf.nn.l2_normalize does), then ordinary and large ones.
+    x = np.zeros((2, 3, 2, 4), np.float32)
+    x[0, 0, 0, 0] = 5e-7
+    x[0, 0, 1, 1] = -1e-7
+    x[0, 1, 0, :2] = [3e-7, 4e-7]
+    x[0, 1, 1, 3] = 2e-6
+    x[1] = np.random.default_rng(3).normal(0, [[[1]], [[100]], [[1e4]]], (3, 2, 4))
+    out = ops.convert_to_numpy(Normalize(20)(x))
+    np.testing.assert_allclose(out[0, 0, 0], [10, 0, 0, 0], rtol=1e-6)  # 20 * 5e-7 / 1e-6
+    np.testing.assert_allclose(out[0, 0, 1], [0, -2, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(out[0, 1, 0], [6, 8, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(out[0, 1, 1], [0, 0, 0, 20], rtol=1e-6)
+    np.testing.assert_array_equal(out[0, 2], 0)
+    np.testing.assert_allclose(out, 20 * l2_normalize_reference(x), rtol=1e-6, atol=1e-6)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # The same operations as TensorFlow's (square, sum, maximum, rsqrt, multiply): the same bits.
+        np.testing.assert_array_equal(out, tf.nn.l2_normalize(x, axis=-1).numpy() * np.float32(20))
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_normalize_under_mixed_precision(policy):
+    # conv4_3's activations reach hundreds over 512 channels: their squared sum overflows float16,
+    # and 1e-12 is 0 in float16 (a zero vector gave NaN); the norm is taken in float32.
+    x = np.zeros((1, 3, 1, 512), np.float32)
+    x[0, 0] = 300.0
+    x[0, 1] = np.random.default_rng(4).uniform(0, 800, 512)
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        layer = Normalize(20)
+        out = ops.convert_to_numpy(ops.cast(layer(x), "float32"))
+        assert keras.backend.standardize_dtype(layer(x).dtype) == policy.split("_")[1]
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    np.testing.assert_allclose(out, 20 * l2_normalize_reference(x), rtol=1e-2, atol=1e-3)
+    np.testing.assert_array_equal(out[0, 2], 0)
+
+
+def test_normalize_config_and_weight_names_are_unchanged():
+    # Files written before and after this layer's arithmetic changed load both ways: the same
+    # config keys and the same weight name.
+    layer = Normalize.from_config({"name": "conv4_3_norm", "trainable": True, "dtype": "float32", "scale": 20.0})
+    layer.build((None, 4, 4, 8))
+    assert set(layer.get_config()) == {"name", "trainable", "dtype", "scale"}
+    assert [w.path for w in layer.weights] == ["conv4_3_norm/conv4_3_norm_gamma"]
+    np.testing.assert_array_equal(ops.convert_to_numpy(layer.gamma), np.full(8, 20.0))
+
+
 def test_priorbox_boxes_and_clip():
     # One 2x2 map on a 100x100 image, min 30, max 60, ratio 2 with flip.
     layer = PriorBox((100, 100), 30.0, max_size=60.0, aspect_ratios=[2], variances=[0.1, 0.1, 0.2, 0.2])

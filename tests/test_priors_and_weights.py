@@ -2,11 +2,14 @@
 
 import os
 import pickle
+import re
+import warnings
 
 import h5py
 import numpy as np
 import pytest
 
+from ssd300.errors import UserError
 from ssd300.priors import PriorFileError, load_priors, save_priors
 from tests.conftest import ROOT, shared_path
 
@@ -63,6 +66,77 @@ def test_save_priors_round_trip(tmp_path):
     save_priors(data, tmp_path / "p.pkl")
     np.testing.assert_array_equal(load_priors(tmp_path / "p.pkl"), data)
     assert os.listdir(tmp_path) == ["p.pkl"]
+
+
+def _numpy1_spelling(data):
+    """A protocol-5 array pickle as NumPy 1 writes it: ``numpy.core.numeric`` for ``numpy._core.numeric``."""
+    old, new = b"\x8c\x13numpy._core.numeric", b"\x8c\x12numpy.core.numeric"  # SHORT_BINUNICODE
+    assert data[2:3] == b"\x95" and data.count(old) == 1  # one FRAME: its length shrinks by one byte
+    frame = int.from_bytes(data[3:11], "little") - 1
+    return data[:3] + frame.to_bytes(8, "little") + data[11:].replace(old, new)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_arrays_pickled_with_any_protocol_load(tmp_path, protocol):
+    rng = np.random.default_rng(protocol)
+    arrays = [rng.uniform(size=(6, 8)).astype(np.float32), np.asfortranarray(rng.uniform(size=(5, 8))),
+              rng.uniform(size=(8, 14))[:, ::2].T, np.arange(16, dtype=np.int16).reshape(2, 8)]
+    for array in arrays:
+        (tmp_path / "p.pkl").write_bytes(pickle.dumps(array, protocol=protocol))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no deprecation or cast warning either
+            np.testing.assert_array_equal(load_priors(tmp_path / "p.pkl"), array.astype(np.float32))
+
+
+def test_protocol_5_under_numpy_1_module_names_loads(tmp_path):
+    array = np.arange(24, dtype=np.float32).reshape(3, 8) / 7
+    data = _numpy1_spelling(pickle.dumps(array, protocol=5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2 resolves numpy.core with a warning
+        np.testing.assert_array_equal(pickle.loads(data), array)  # the edited pickle is a valid one
+    (tmp_path / "p.pkl").write_bytes(data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(load_priors(tmp_path / "p.pkl"), array)
+
+
+@pytest.mark.parametrize("content", [
+    pickle.dumps(_Exploit(), protocol=pickle.HIGHEST_PROTOCOL),
+    # Another function of the module that holds _frombuffer: STACK_GLOBAL, then STOP.
+    b"\x80\x05\x8c\x13numpy._core.numeric\x8c\x08fromfile\x93.",
+    b"\x80\x05\x8c\x12numpy.core.numeric\x8c\x0cfromfunction\x93.",
+])
+def test_protocol_5_allows_only_frombuffer(tmp_path, monkeypatch, content):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "evil.pkl").write_bytes(content)
+    with pytest.raises(PriorFileError, match=r"evil.pkl: refusing to load .*: only a plain NumPy array"):
+        load_priors(tmp_path / "evil.pkl")
+    assert not (tmp_path / "pwned_by_pickle").exists()
+
+
+def test_values_beyond_float32_are_refused_without_a_cast_warning(tmp_path):
+    (tmp_path / "big.pkl").write_bytes(pickle.dumps(np.full((2, 8), 1e300), protocol=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(PriorFileError, match=r"big.pkl: contains values too large for float32 "
+                                                 r"\(up to 1e\+300\)"):
+            load_priors(tmp_path / "big.pkl")
+
+
+def test_save_priors_to_a_path_that_cannot_be_written(tmp_path):
+    data = np.zeros((3, 8), np.float32)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "folder").mkdir()
+    cases = [(tmp_path / "folder", "it is a folder"), (tmp_path / "missing" / "p.pkl", r"No such file or directory"),
+             (tmp_path / "afile" / "p.pkl", "Not a directory")]
+    if os.geteuid() != 0:  # root writes anywhere
+        (tmp_path / "locked").mkdir(mode=0o500)
+        cases.append((tmp_path / "locked" / "p.pkl", "Permission denied"))
+    for path, reason in cases:
+        with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: cannot write the priors.*{reason}"):
+            save_priors(data, path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["afile", "folder"] + ["locked"] * (os.geteuid() != 0))
+    assert os.listdir(tmp_path / "folder") == [] and (tmp_path / "afile").read_text() == "x"
 
 
 def write_keras2_weights(path, layers, full_model=False):

@@ -123,6 +123,41 @@ def test_missing_weights_and_resume_messages(dataset, tmp_path, capsys):
     assert "no checkpoint to resume from" in capsys.readouterr().err
 
 
+def test_a_run_that_fails_before_training_leaves_no_output(dataset, tmp_path, capsys):
+    # Bad weights, a bad --freeze: nothing of the run is left, not even the folder (nor those above it).
+    (tmp_path / "two.txt").write_text("circle\nsquare\n")
+    for extra, message in [(["--weights", str(tmp_path / "two.txt")], "two.txt"),
+                           (["--freeze", "conv1_1,no_such_layer"], "the model has no layer 'no_such_layer'")]:
+        assert main(run_args(dataset, tmp_path / "new" / "run", *extra)) == 2
+        assert message in capsys.readouterr().err
+        assert sorted(os.listdir(tmp_path)) == ["two.txt"]
+    # An existing folder keeps what it held: its classes.txt is not replaced by the failed run's.
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "classes.txt").write_text("dog\ncat\n")
+    (kept / "notes.txt").write_text("mine")
+    assert main(run_args(dataset, kept, "--freeze", "no_such_layer")) == 2
+    assert sorted(os.listdir(kept)) == ["classes.txt", "notes.txt"]
+    assert (kept / "classes.txt").read_text() == "dog\ncat\n"
+
+
+def test_a_corrupt_picture_in_the_first_batch_leaves_no_output(dataset, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "VOC"
+    shutil.copytree(dataset, broken)
+    for name in os.listdir(broken / "JPEGImages"):
+        (broken / "JPEGImages" / name).write_bytes(b"\xff\xd8\xff\xe0 not a JPEG")
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "classes.txt").write_text("dog\n")
+    assert main(run_args(broken, tmp_path / "run", "--epochs", "1")) == 2
+    assert "not a readable image" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+    assert main(run_args(broken, tmp_path / "kept", "--epochs", "1")) == 2
+    assert os.listdir(tmp_path / "kept") == ["classes.txt"]
+    assert (tmp_path / "kept" / "classes.txt").read_text() == "dog\n"
+
+
 def test_vgg16_weights_map_onto_the_base(monkeypatch):
     from ssd300 import SSD300
     from ssd300.weights import load_vgg16_weights

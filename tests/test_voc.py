@@ -70,8 +70,11 @@ def test_generated_xml_and_conventions(tmp_path):
     (xml("<object><name>dog</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>5</xmax></bndbox></object>"),
      "missing <ymax>"),
     (xml("<object><name>dog</name></object>"), "missing <bndbox>"),
-    (xml(obj(x0=50, x1=50)), "empty box"),
+    (xml(obj(x0=51, x1=50)), r"empty box \[51.0, 20.0, 50.0, 70.0\]: need xmax >= xmin and ymax >= ymin"),
     (xml(obj(y0=60, y1=20)), "empty box"),
+    (xml(obj(difficult="yes")), r"<difficult> in object 1 \(dog\) is 'yes': expected 0, 1, true or false"),
+    (xml(obj(difficult="2")), r"<difficult> in object 1 \(dog\) is '2'"),
+    (xml(obj(difficult="-1")), r"<difficult> in object 1 \(dog\) is '-1'"),
     (xml(obj(x1=250)), "outside"),
     (xml(obj(x0=-3)), "outside"),
     (xml(obj(x0="abc")), "not a number"),
@@ -194,3 +197,44 @@ def test_split_lists(tmp_path):
     (main / "bad.txt").write_bytes(b"\xff\n")
     with pytest.raises(AnnotationError, match=r"bad.txt: split list is not UTF-8 text"):
         read_split(tmp_path, "bad")
+
+
+def test_one_pixel_boxes_are_inclusive_voc_boxes(tmp_path):
+    # VOC boxes are 1-based and inclusive: xmin == xmax is one pixel wide, as coco_to_voc writes it.
+    ann_dir = tmp_path / "Annotations"
+    write(ann_dir, "a.xml", xml(obj(x0=11, y0=11, x1=11, y1=40) + obj(x0=5, y0=7, x1=60, y1=7), filename="a.jpg"))
+    ann = parse_annotation(ann_dir / "a.xml")
+    np.testing.assert_array_equal(ann.boxes, [[11, 11, 11, 40], [5, 7, 60, 7]])
+    # The originals' normalisation (x / width) is kept: the rows are zero-wide and zero-high.
+    rows = XML_preprocessor(ann_dir).data["a.jpg"]
+    np.testing.assert_allclose(rows[:, :4], [[11 / 200, 11 / 100, 11 / 200, 40 / 100],
+                                             [5 / 200, 7 / 100, 60 / 200, 7 / 100]])
+
+
+@pytest.mark.parametrize("text, flag", [("0", False), ("1", True), (" 1 ", True), ("true", True),
+                                        ("True", True), ("FALSE", False), ("1.0", True), ("0.0", False),
+                                        ("\n\t1.0\n", True), ("", False)])
+def test_difficult_values(tmp_path, text, flag):
+    ann = parse_annotation(write(tmp_path, "a.xml", xml(obj(difficult=text) + obj("cat"))))
+    assert ann.difficult.tolist() == [flag, False]
+
+
+def test_bad_difficult_value_can_be_skipped_with_warning(tmp_path):
+    path = write(tmp_path, "a.xml", xml(obj(difficult="yes") + obj("cat", difficult="TRUE")))
+    with pytest.warns(UserWarning, match=r"a.xml: <difficult> in object 1 \(dog\) is 'yes'.*; object skipped"):
+        ann = parse_annotation(path, on_error="warn")
+    assert ann.labels.tolist() == [VOC_CLASSES.index("cat") + 1] and ann.difficult.tolist() == [True]
+
+
+def test_lists_with_a_utf8_byte_order_mark(tmp_path):
+    # Windows Notepad ("UTF-8 with BOM") and PowerShell 5's Out-File start the file with EF BB BF.
+    from ssd300.voc import read_classes_file
+
+    main = tmp_path / "ImageSets" / "Main"
+    main.mkdir(parents=True)
+    (main / "test.txt").write_bytes(b"\xef\xbb\xbf000001\r\n000002\r\n")
+    assert read_split(tmp_path, "test") == ["000001", "000002"]
+    (tmp_path / "classes.txt").write_bytes("\ufeffcat\ndog\n".encode("utf8"))
+    assert read_classes_file(tmp_path / "classes.txt") == ("cat", "dog")
+    write(tmp_path / "Annotations", "000001.xml", xml(obj("cat"), filename="000001.jpg"))
+    assert XML_preprocessor(tmp_path / "Annotations", ids=["000001"]).data["000001.jpg"][0, 4:].tolist() == [1, 0]
