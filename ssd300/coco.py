@@ -18,7 +18,10 @@ loader; :mod:`ssd300.convert` writes it). With it the VOC evaluation's
 boxes that pycocotools computes, and VOC XML -> COCO JSON -> VOC round trips
 exactly. Roboflow's VOC -> COCO export writes ``width = xmax - xmin``
 instead (measured on VOC2007 000032), so its boxes come back with ``xmax``
-and ``ymax`` one pixel smaller than the original XML.
+and ``ymax`` one pixel smaller than the original XML. A box of width (or
+height) 1 becomes the one-pixel box ``xmin == xmax`` of the inclusive
+convention, which the VOC reader accepts too; one under a pixel would come
+out with ``xmax < xmin``, and both readers refuse it.
 
 Crowd boxes (``iscrowd: 1``) are not training targets: they are left out of
 ``data`` and kept in ``annotations`` flagged ``difficult``, so the VOC
@@ -27,6 +30,12 @@ An extra per-annotation key ``"difficult": 1`` (written by
 :func:`ssd300.convert.voc_to_coco`) marks a VOC difficult object: it stays in
 ``data`` (as ``XML_preprocessor`` keeps difficult objects) and is flagged in
 ``difficult`` and ``annotations``.
+
+Evaluation. Training refuses boxes of no size, under one pixel or outside
+the image, but pycocotools scores every non-crowd box of the file (one that
+no detection can match is a miss). ``load_coco(..., evaluation=True)``
+keeps them in ``annotations`` as written, for
+:mod:`ssd300.coco_eval`, and leaves them out of ``data``.
 
 The JSON is read once; per-annotation work runs on NumPy arrays, so a 100 MB
 file loads in seconds.
@@ -82,6 +91,9 @@ class CocoDataset:
         image_ids: ``{file: COCO image id}``.
         image_dir: the image folder.
         annotation_file: the JSON file.
+        evaluation: loaded with ``load_coco(..., evaluation=True)``:
+            ``annotations`` hold every box of the file as written, as
+            pycocotools scores them.
     """
 
     data: dict
@@ -94,6 +106,7 @@ class CocoDataset:
     image_ids: dict
     image_dir: str
     annotation_file: str
+    evaluation: bool = False
 
     @property
     def num_classes(self):
@@ -313,7 +326,7 @@ def _lookup(sorted_keys, values):
 
 
 def load_coco(annotation_file, image_dir=None, classes=None, keep_empty=False, on_error="raise",
-              skip_difficult=False):
+              skip_difficult=False, evaluation=False):
     """Read a COCO JSON detection file into a :class:`CocoDataset`.
 
     Args:
@@ -338,11 +351,26 @@ def load_coco(annotation_file, image_dir=None, classes=None, keep_empty=False, o
             raise.
         skip_difficult: leave objects marked ``"difficult": 1`` out of
             ``data`` (as ``XML_preprocessor``'s option).
+        evaluation: read the file as pycocotools scores it. Every
+            annotation with a known image and category and 4 finite numbers
+            stays in ``annotations`` with its box as written (not clipped),
+            also where training refuses it: zero or negative width or
+            height, under one pixel, outside the image. No detection can
+            match such a box, so it counts as a miss, as in pycocotools.
+            ``data`` keeps only the boxes training accepts; one warning
+            gives the number of the others. Implies ``keep_empty`` (every
+            image of the file is scored). ``areas`` is the file's ``area``
+            where it is a finite number, else ``width * height``.
 
     Checked per record: ``image_id`` and ``category_id`` exist (a category
     outside ``classes`` is a problem too), ``bbox`` is 4 finite numbers
-    with positive width and height, lying in the image up to
-    :data:`BOX_TOLERANCE` pixels (that excess is clipped), ``iscrowd`` and
+    with positive width and height, at least one pixel wide and high (a
+    box of width 1 is the one-pixel box ``xmin == xmax`` of VOC's inclusive
+    convention, which :func:`ssd300.voc.parse_annotation` reads too; a box
+    under one pixel would come out with ``xmax < xmin`` and is refused by
+    both), lying in the image up to :data:`BOX_TOLERANCE` pixels (that
+    excess is clipped); with ``evaluation`` these box checks only decide
+    what goes into ``data``. ``iscrowd`` and
     ``difficult`` are 0/1; image ids and file names are unique, file names
     stay inside the image folder, sizes are positive.
 
@@ -357,14 +385,14 @@ def load_coco(annotation_file, image_dir=None, classes=None, keep_empty=False, o
     enabled = gc.isenabled()
     gc.disable()
     try:
-        return _load_coco(os.fspath(annotation_file), image_dir, classes, keep_empty, on_error,
-                          skip_difficult)
+        return _load_coco(os.fspath(annotation_file), image_dir, classes, keep_empty or evaluation,
+                          on_error, skip_difficult, evaluation)
     finally:
         if enabled:
             gc.enable()
 
 
-def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult):
+def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult, evaluation):
     problems = _Problems(path, on_error)
     raw = _read_json(path)
     check_images = image_dir is not None
@@ -400,14 +428,17 @@ def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult):
     inside = (x0 >= -t) & (y0 >= -t) & (x1 <= w + t) & (y1 <= h + t)
     cx0, cy0 = np.clip(x0, 0, w), np.clip(y0, 0, h)
     cx1, cy1 = np.clip(x1, 0, w), np.clip(y1, 0, h)
-    # The VOC rows are xmin = x + 1 ... xmax = x + width: a box under one
-    # pixel (after clipping) would come out inverted.
+    # The VOC rows are xmin = x + 1 ... xmax = x + width: width 1 gives the
+    # one-pixel box xmin == xmax (VOC's inclusive convention, as voc.py reads
+    # it); a box under one pixel (after clipping) would come out inverted.
     one_pixel = (cx1 - cx0 >= 1) & (cy1 - cy0 >= 1)
 
     # Classes: names of the categories in use, or the given list.
     known_cat = np.isin(cat_col, np.fromiter(cat_names, dtype=np.int64, count=len(cat_names)))
-    valid = (is_dict & image_ok & img_found
-             & cat_ok & known_cat & box_ok & finite & positive & inside & one_pixel & crowd_ok & diff_ok)
+    # A record pycocotools can score; training also needs a box of at least one pixel inside the image.
+    scorable = is_dict & image_ok & img_found & cat_ok & known_cat & box_ok & finite & crowd_ok & diff_ok
+    trainable = scorable & positive & inside & one_pixel
+    valid = scorable if evaluation else trainable
     if classes is None:
         used = sorted(set(np.unique(cat_col[valid]).tolist()))
         by_name = {}
@@ -458,12 +489,12 @@ def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult):
             problems.report(what, f"bbox must be 4 numbers [x, y, width, height], got {a.get('bbox')!r}")
         elif not finite[i]:
             problems.report(what, f"bbox has a value that is not finite: {a.get('bbox')!r}")
-        elif not positive[i]:
+        elif not positive[i] and not evaluation:
             problems.report(what, f"bbox {a.get('bbox')!r} needs a positive width and height")
-        elif not inside[i]:
+        elif not inside[i] and not evaluation:
             problems.report(what, f"bbox {a.get('bbox')!r} lies outside the {w[i]:g}x{h[i]:g} image "
                                   f"{img_names[img_index[i]]}")
-        elif not one_pixel[i]:
+        elif not one_pixel[i] and not evaluation:
             problems.report(what, f"bbox {a.get('bbox')!r} is under one pixel wide or high inside the "
                                   f"{w[i]:g}x{h[i]:g} image {img_names[img_index[i]]}")
         elif not crowd_ok[i] or not diff_ok[i]:
@@ -474,6 +505,11 @@ def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult):
                                   f"is not in the class list ({', '.join(classes)})")
     problems.finish()
     keep = valid & in_classes
+    if evaluation and (keep & ~trainable).any():
+        warnings.warn(f"{path}: {int((keep & ~trainable).sum())} boxes of no size, under one pixel or "
+                      f"outside their image are kept for evaluation, as pycocotools keeps them (no "
+                      f"detection can match the empty ones), and left out of the training rows",
+                      stacklevel=3)
 
     # Group the kept annotations by image (file order within an image).
     sel = np.flatnonzero(keep)
@@ -484,10 +520,16 @@ def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult):
     lab = labels[sel]
     is_crowd = crowd[sel]
     is_diff = diff[sel]
-    areas = np.where(np.isfinite(area[sel]) & (area[sel] > 0), area[sel],
-                     (cx1[sel] - cx0[sel]) * (cy1[sel] - cy0[sel]))
+    if evaluation:
+        # The boxes as written, as pycocotools scores them (its IoU does not clip).
+        ann_pix = np.stack([x0[sel] + 1, y0[sel] + 1, x1[sel], y1[sel]], axis=1)
+        areas = np.where(np.isfinite(area[sel]), area[sel], boxes[sel, 2] * boxes[sel, 3])
+    else:
+        ann_pix = pix
+        areas = np.where(np.isfinite(area[sel]) & (area[sel] > 0), area[sel],
+                         (cx1[sel] - cx0[sel]) * (cy1[sel] - cy0[sel]))
     ignore = is_diff | is_crowd
-    train_row = ~is_crowd & ~(is_diff & skip_difficult)
+    train_row = trainable[sel] & ~is_crowd & ~(is_diff & skip_difficult)
     # data rows: normalised box, then one-hot class (written in place: no (N, C) temporaries).
     num_train = int(train_row.sum())
     data_rows = np.zeros((num_train, 4 + len(classes)))
@@ -510,13 +552,14 @@ def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult):
         a0, a1, t0, t1 = a_bounds[k], a_bounds[k + 1], t_bounds[k], t_bounds[k + 1]
         data[name] = data_rows[t0:t1]
         difficult[name] = data_diff[t0:t1]
-        annotations[name] = Annotation(name, int_w[k], int_h[k], pix[a0:a1], lab[a0:a1], ignore[a0:a1])
+        annotations[name] = Annotation(name, int_w[k], int_h[k], ann_pix[a0:a1], lab[a0:a1], ignore[a0:a1])
         iscrowd[name] = is_crowd[a0:a1]
         area_of[name] = areas[a0:a1]
         image_ids[name] = id_list[k]
     return CocoDataset(data=data, difficult=difficult, annotations=annotations, iscrowd=iscrowd,
                        areas=area_of, classes=classes, category_ids=category_ids,
-                       image_ids=image_ids, image_dir=image_dir, annotation_file=path)
+                       image_ids=image_ids, image_dir=image_dir, annotation_file=path,
+                       evaluation=evaluation)
 
 
 def _split_names(split):

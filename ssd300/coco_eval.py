@@ -17,7 +17,11 @@ original JSON too) or from a VOC ``XML_preprocessor``. Difficult VOC objects
 and crowd boxes are given to pycocotools as ``iscrowd: 1``, its only way to
 ignore a ground truth box. Annotation ids are renumbered from 1 because
 pycocotools takes a match to an annotation id 0 (Roboflow numbers from 0)
-for no match.
+for no match. For the metrics pycocotools gives on a file, load it with
+``load_coco(..., evaluation=True)``: training's loader leaves out boxes of
+no size, under one pixel or outside the image, which pycocotools counts as
+misses (:func:`evaluate_dataset` reads a dataset loaded for training again
+so).
 
 pycocotools is imported when a function here is called; install it with
 ``pip install pycocotools``.
@@ -220,8 +224,9 @@ def evaluate_coco(detections, dataset, results_json=None):
         detections: ``{image key: (K, 6)}``, see :func:`coco_results`; or an
             already built COCO results list.
         dataset: the ground truth: a ``CocoDataset`` (its images, including
-            empty ones kept with ``keep_empty=True``, are the evaluated set)
-            or an ``XML_preprocessor``.
+            empty ones kept with ``keep_empty=True``, are the evaluated set;
+            load it with ``evaluation=True`` to score every box of the file,
+            as pycocotools does) or an ``XML_preprocessor``.
         results_json: also write the results there (atomically).
 
     Returns:
@@ -288,16 +293,38 @@ def _evaluate(gt, results, dataset, COCO, COCOeval):  # noqa: N803  (pycocotools
     return CocoMetrics(stats=stats, per_class=per_class, table=table, results=results)
 
 
+def evaluation_ground_truth(dataset):
+    """The ground truth that pycocotools would score: a ``CocoDataset`` loaded for
+    training is read again with ``load_coco(..., evaluation=True)``.
+
+    Training leaves out boxes of no size, under one pixel or outside the
+    image, which pycocotools counts as misses; scoring without them would
+    over-state the metrics. The classes stay the dataset's (a record of
+    another category is skipped with a warning); every image of the file is
+    kept. Other datasets (``XML_preprocessor``) are returned as they are.
+    """
+    from .coco import CocoDataset, load_coco
+
+    if not isinstance(dataset, CocoDataset) or dataset.evaluation:
+        return dataset
+    return load_coco(dataset.annotation_file, classes=dataset.classes, on_error="warn", evaluation=True)
+
+
 def evaluate_dataset(detector, dataset, image_dir=None, batch_size=8, use_07_metric=True,
                      results_json=None, progress=False):
     """Detect on every image of a dataset and score with both the VOC and the COCO rules.
 
+    Each picture is read as training reads it and its detections are given
+    in its annotation's ``(width, height)`` frame, the ground truth's (see
+    ``Detector.detect_files``). The VOC table is keyed by file name, so
+    ``a.jpg`` and ``a.png`` stay two images.
+
     Args:
         detector: a :class:`ssd300.detect.Detector` whose classes are
             ``dataset.classes``.
-        dataset: a ``CocoDataset`` (load it with ``keep_empty=True`` to
-            count false positives on images without boxes) or an
-            ``XML_preprocessor``.
+        dataset: a ``CocoDataset``, best loaded with ``load_coco(...,
+            evaluation=True)`` (one loaded for training is read again so,
+            see :func:`evaluation_ground_truth`), or an ``XML_preprocessor``.
         image_dir: the image folder; ``None``: ``dataset.image_dir`` (for
             an ``XML_preprocessor`` pass ``<voc_root>/JPEGImages``).
         batch_size, progress: as ``Detector.detect_files``.
@@ -318,11 +345,13 @@ def evaluate_dataset(detector, dataset, image_dir=None, batch_size=8, use_07_met
         raise UserError(f"the model's classes {tuple(detector.classes)} are not the dataset's "
                         f"{tuple(dataset.classes)}")
     image_dir = image_dir if image_dir is not None else dataset.image_dir
+    dataset = evaluation_ground_truth(dataset)
     keys = sorted(dataset.annotations)
-    found, _ = detector.detect_files([os.path.join(image_dir, k) for k in keys], batch_size, progress)
+    frames = [(dataset.annotations[k].width, dataset.annotations[k].height) for k in keys]
+    found, _ = detector.detect_files([os.path.join(image_dir, k) for k in keys], batch_size, progress,
+                                     sizes=frames)
     detections = dict(zip(keys, found))
-    stems = {os.path.splitext(k)[0]: d for k, d in detections.items()}
-    voc = evaluate_detections(stems, ground_truth_from_annotations(dataset.annotations),
+    voc = evaluate_detections(detections, ground_truth_from_annotations(dataset.annotations, by_file_name=True),
                               use_07_metric=use_07_metric)
     return detections, voc, evaluate_coco(detections, dataset, results_json)
 

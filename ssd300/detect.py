@@ -29,48 +29,88 @@ class Detector:
         self.confidence_threshold = confidence_threshold
         self.keep_top_k = keep_top_k
 
-    def detect_arrays(self, images):
+    def detect_arrays(self, images, sizes=None):
         """Detections for RGB uint8 arrays of any sizes.
+
+        Args:
+            images: ``(H, W, 3)`` uint8 arrays.
+            sizes: optional ``(width, height)`` of each image's pixel frame
+                to give the boxes in (an annotation's ``<size>``, which
+                training normalised the boxes by); ``None`` entries or no
+                ``sizes``: the array's own size.
 
         Returns:
             a list of ``(K, 6)`` ``[label, score, xmin, ymin, xmax, ymax]`` in
-            pixels of each image.
+            pixels of each image's frame.
         """
         if not len(images):
             return []
+        if sizes is None:
+            sizes = [None] * len(images)
         batch = preprocess_input(np.stack([resize(np.asarray(im), self.input_size) for im in images]))
         predictions = np.asarray(self.model.predict(batch, verbose=0))
         results = self.bbox_util.detection_out(predictions, keep_top_k=self.keep_top_k,
                                                confidence_threshold=self.confidence_threshold)
         out = []
-        for image, det in zip(images, results):
-            h, w = np.asarray(image).shape[:2]
+        for image, size, det in zip(images, sizes, results):
+            w, h = size if size is not None else np.asarray(image).shape[1::-1]  # (W, H) of (H, W, 3)
             det = det.copy()
             det[:, 2:6] *= [w, h, w, h]
             out.append(det)
         return out
 
-    def detect_files(self, paths, batch_size=8, progress=False):
+    def detect_files(self, paths, batch_size=8, progress=False, sizes=None):
         """``(detections, sizes)`` for image files, read in batches.
+
+        Args:
+            paths: image files.
+            batch_size: images per forward pass.
+            progress: show a progress bar.
+            sizes: optional annotated ``(width, height)`` of each file (or
+                ``None`` entries). Where given, the file is read as training
+                reads it (as stored when its EXIF orientation swaps the sides
+                but the annotation has the stored size, see
+                :func:`ssd300.generator.keys_used_as_stored`) and its boxes
+                are given in that ``(width, height)`` frame, the ground
+                truth's, although the picture may be stored at another size.
+
+        Returns:
+            ``(detections, sizes)``: ``(K, 6)`` pixel detections per file and
+            the ``(width, height)`` of the frame they are in (the annotated
+            size where given, else the picture's, upright).
 
         Raises:
             ImageError: a file is missing or unreadable (names the file).
         """
         paths = [os.fspath(p) for p in paths]
+        frames = list(sizes) if sizes is not None else [None] * len(paths)
+        if len(frames) != len(paths):
+            raise ValueError(f"{len(paths)} paths but {len(frames)} sizes")
+        as_stored = frozenset()
+        if any(f is not None for f in frames):
+            from .generator import keys_used_as_stored
+
+            as_stored = keys_used_as_stored("", {p: f for p, f in zip(paths, frames) if f is not None})
         iterator = range(0, len(paths), batch_size)
         if progress:
             from tqdm import tqdm
 
             iterator = tqdm(iterator, desc="detecting", unit="batch")
-        detections, sizes = [], []
+        detections, out_sizes = [], []
         for start in iterator:
-            images = [np.asarray(open_rgb(p)) for p in paths[start:start + batch_size]]
-            detections.extend(self.detect_arrays(images))
-            sizes.extend((im.shape[1], im.shape[0]) for im in images)
-        return detections, sizes
+            part = slice(start, start + batch_size)
+            images = [np.asarray(open_rgb(p, orient=p not in as_stored)) for p in paths[part]]
+            detections.extend(self.detect_arrays(images, frames[part]))
+            out_sizes.extend(tuple(f) if f is not None else (im.shape[1], im.shape[0])
+                             for im, f in zip(images, frames[part]))
+        return detections, out_sizes
 
     def evaluate_voc(self, voc_root, annotations, batch_size=8, use_07_metric=True, progress=False):
         """Detect on a VOC folder's pictures and score them with the devkit's rules.
+
+        Each picture is read as training reads it and its detections are
+        given in its annotation's ``(width, height)`` frame, the ground
+        truth's (see :meth:`detect_files`).
 
         Args:
             voc_root: the folder holding ``JPEGImages``.
@@ -79,13 +119,22 @@ class Detector:
         Returns:
             ``(detections, result)``: ``{image_id: (K, 6)}`` in pixels, and
             :func:`ssd300.evaluation.evaluate_detections`'s result.
+
+        Raises:
+            AnnotationError: two pictures have the same devkit image id
+                (``a.jpg`` and ``a.png``).
+            ImageError: a picture is missing or unreadable.
         """
-        from .evaluation import evaluate_detections, ground_truth_from_annotations
+        from .evaluation import devkit_image_ids, evaluate_detections, ground_truth_from_annotations
+        from .generator import annotation_sizes
 
         keys = sorted(annotations.data)
+        ids = devkit_image_ids(keys)
+        ground_truth = ground_truth_from_annotations(annotations.annotations)
+        sizes = annotation_sizes(annotations.annotations)
+        frames = [sizes[k] for k in keys]
         found, _ = self.detect_files([os.path.join(voc_root, "JPEGImages", k) for k in keys],
-                                     batch_size, progress)
-        detections = {os.path.splitext(k)[0]: d for k, d in zip(keys, found)}
-        result = evaluate_detections(detections, ground_truth_from_annotations(annotations.annotations),
-                                     use_07_metric=use_07_metric)
+                                     batch_size, progress, sizes=frames)
+        detections = {ids[k]: d for k, d in zip(keys, found)}
+        result = evaluate_detections(detections, ground_truth, use_07_metric=use_07_metric)
         return detections, result

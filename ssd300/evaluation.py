@@ -14,6 +14,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .box_ops import iou
+from .voc import AnnotationError
 
 _CHUNK = 200_000
 
@@ -173,31 +174,100 @@ def detections_to_pixels(results, image_ids, sizes):
     return out
 
 
-def ground_truth_from_annotations(annotations):
+def devkit_image_ids(keys):
+    """``{key: image id}``: each image file name without its extension, the devkit's image id.
+
+    Args:
+        keys: image file names (``XML_preprocessor.annotations`` keys).
+
+    Raises:
+        AnnotationError: two files share an id (``a.jpg`` and ``a.png``), which
+            would merge their ground truth and detections; names both files.
+    """
+    ids = {key: os.path.splitext(key)[0] for key in keys}
+    seen = {}
+    for key, image_id in ids.items():
+        if image_id in seen:
+            raise AnnotationError(f"images {seen[image_id]} and {key} have the same image id "
+                                  f"{image_id!r} (the file name without its extension): rename one")
+        seen[image_id] = key
+    return ids
+
+
+def ground_truth_from_annotations(annotations, by_file_name=False):
     """``{image_id: {...}}`` from ``{key: Annotation}`` (``XML_preprocessor.annotations``).
 
-    The image id is the file name without its extension.
+    Args:
+        annotations: ``{image file name: voc.Annotation}``.
+        by_file_name: key by the file name itself instead of the devkit's
+            image id (the file name without its extension, see
+            :func:`devkit_image_ids`).
+
+    Raises:
+        AnnotationError: two files have the same devkit image id.
     """
-    return {os.path.splitext(key)[0]: {"boxes": a.boxes, "labels": a.labels, "difficult": a.difficult}
+    ids = {key: key for key in annotations} if by_file_name else devkit_image_ids(annotations)
+    return {ids[key]: {"boxes": a.boxes, "labels": a.labels, "difficult": a.difficult}
             for key, a in annotations.items()}
 
 
+def _read_ground_truth_file(path):
+    opener = gzip.open if path.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8-sig") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: ground truth file not found") from None
+    except IsADirectoryError:
+        raise AnnotationError(f"{path}: is a folder, expected a ground truth JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, EOFError, gzip.BadGzipFile) as e:
+        raise AnnotationError(f"{path}: not valid JSON ground truth ({e})") from None
+    except OSError as e:
+        raise AnnotationError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
 def load_ground_truth_json(path, classes):
-    """Ground truth from a JSON(.gz) ``{image_id: {"width", "height", "objects": [[name,
-    xmin, ymin, xmax, ymax, difficult], ...]}}``; also returns ``{image_id: (width, height)}``."""
-    opener = gzip.open if os.fspath(path).endswith(".gz") else open
-    with opener(path, "rt", encoding="utf8") as f:
-        raw = json.load(f)
+    """Ground truth from a JSON(.gz) file written from the devkit's annotations.
+
+    Args:
+        path: ``{image_id: {"width", "height", "objects": [[name, xmin, ymin,
+            xmax, ymax, difficult], ...]}}`` (VOC pixel boxes).
+        classes: class names; label ``i + 1`` is ``classes[i]``.
+
+    Returns:
+        ``(ground_truth, sizes)``: ``{image_id: {"boxes" (N, 4), "labels" (N,),
+        "difficult" (N,)}}`` and ``{image_id: (width, height)}``.
+
+    Raises:
+        AnnotationError: the file is missing, not JSON, not of this form, or
+            names a class outside ``classes`` (names the file, the image and
+            the class).
+    """
+    path = os.fspath(path)
+    raw = _read_ground_truth_file(path)
+    if not isinstance(raw, dict):
+        raise AnnotationError(f"{path}: expected a JSON object {{image_id: {{...}}}}, "
+                              f"got a {type(raw).__name__}")
     index = {name: i + 1 for i, name in enumerate(classes)}
     gt, sizes = {}, {}
     for image_id, entry in raw.items():
-        objects = entry["objects"]
-        gt[image_id] = {
-            "boxes": np.array([o[1:5] for o in objects], dtype=np.float64).reshape(-1, 4),
-            "labels": np.array([index[o[0]] for o in objects], dtype=np.int64),
-            "difficult": np.array([bool(o[5]) for o in objects], dtype=bool),
-        }
-        sizes[image_id] = (entry["width"], entry["height"])
+        try:
+            objects = entry["objects"]
+            size = (entry["width"], entry["height"])
+            boxes = np.array([o[1:5] for o in objects], dtype=np.float64).reshape(-1, 4)
+            names = [o[0] for o in objects]
+            difficult = np.array([bool(o[5]) for o in objects], dtype=bool)
+        except (KeyError, TypeError, IndexError, ValueError) as e:
+            raise AnnotationError(f"{path}: image {image_id}: expected {{'width', 'height', 'objects': "
+                                  f"[[name, xmin, ymin, xmax, ymax, difficult], ...]}} ({type(e).__name__}: "
+                                  f"{e})") from None
+        unknown = [n for n in names if n not in index]
+        if unknown:
+            raise AnnotationError(f"{path}: image {image_id}: unknown class {unknown[0]!r} "
+                                  f"(known: {', '.join(classes)})")
+        gt[image_id] = {"boxes": boxes, "labels": np.array([index[n] for n in names], dtype=np.int64),
+                        "difficult": difficult}
+        sizes[image_id] = size
     return gt, sizes
 
 

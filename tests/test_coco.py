@@ -118,6 +118,67 @@ def test_tolerance_clips_small_excess(tmp_path):
     assert ds.data["a.jpg"][:, :4].max() == 1.0
 
 
+def test_evaluation_keeps_every_box_as_written(tmp_path):
+    """evaluation=True: boxes training refuses stay in ``annotations`` unclipped (as
+    pycocotools scores the file), out of ``data``; every image is kept."""
+    t = BOX_TOLERANCE
+    extra = [
+        {"id": 20, "image_id": 1, "category_id": 5, "bbox": [30, 40, 0, 10], "area": 0},      # zero width
+        {"id": 21, "image_id": 1, "category_id": 5, "bbox": [30, 40, 0.5, 10]},              # under a pixel
+        {"id": 22, "image_id": 1, "category_id": 2, "bbox": [150, 50, 100, 80], "area": 99},  # past the edge
+        {"id": 23, "image_id": 1, "category_id": 2, "bbox": [-0.5 * t, 0, 20, 10]},          # clipped in training
+        {"id": 24, "image_id": 7, "category_id": 2, "bbox": [5, 5, -3, 4], "iscrowd": 1},    # negative, crowd
+    ]
+    path = write_json(tmp_path, coco_doc(annotations=coco_doc()["annotations"] + extra))
+    with pytest.raises(AnnotationError, match="annotation id 20: bbox .* needs a positive width"):
+        load_coco(path)
+    with pytest.warns(UserWarning, match=r"ann.json: 4 boxes of no size, under one pixel or outside"):
+        ds = load_coco(path, evaluation=True)
+    assert ds.evaluation and sorted(ds.annotations) == ["a.jpg", "empty.jpg", "sub/b.jpg"]
+    assert ds.classes == ("cat", "dog")
+    ann = ds.annotations["a.jpg"]
+    np.testing.assert_array_equal(ann.boxes, [[10, 20, 109, 69], [1, 1, 200, 100], [51, 11, 70, 40],
+                                              [31, 41, 30, 50], [31, 41, 30.5, 50], [151, 51, 250, 130],
+                                              [1 - 0.5 * t, 1, 19.5, 10]])
+    np.testing.assert_array_equal(ann.labels, [2, 1, 1, 2, 2, 1, 1])
+    np.testing.assert_array_equal(ann.difficult, [False, True, True, False, False, False, False])
+    # The file's area where it gives one (also 0), else width x height of the box as written.
+    np.testing.assert_array_equal(ds.areas["a.jpg"], [5000, 1234.5, 600, 0, 5, 99, 200])
+    # Training rows: the boxes training takes, clipped as training clips them.
+    np.testing.assert_allclose(ds.data["a.jpg"][:, :4] * [200, 100, 200, 100],
+                               [[10, 20, 109, 69], [51, 11, 70, 40], [1, 1, 19.5, 10]], rtol=1e-12)
+    np.testing.assert_array_equal(ds.iscrowd["sub/b.jpg"], [False, True])
+    np.testing.assert_array_equal(ds.annotations["sub/b.jpg"].boxes[1], [6, 6, 2, 9])
+    assert ds.data["sub/b.jpg"].shape == (1, 6) and ds.data["empty.jpg"].shape == (0, 6)
+    # Records pycocotools cannot score either still raise (or are skipped with on_error="warn").
+    bad = coco_doc(annotations=coco_doc()["annotations"] + extra[:1]
+                   + [{"id": 30, "image_id": 1, "category_id": 42, "bbox": [1, 1, 5, 5]}])
+    with pytest.raises(AnnotationError, match="annotation id 30: category_id 42 is not in 'categories'"):
+        load_coco(write_json(tmp_path, bad), evaluation=True)
+
+
+def test_one_pixel_box_as_the_voc_reader_reads_it(tmp_path):
+    """COCO width 1 is VOC's one-pixel box xmin == xmax, which parse_annotation accepts
+    too; a width under one pixel would be xmax < xmin, refused by both readers."""
+    from ssd300.voc import parse_annotation
+
+    doc = coco_doc(annotations=[{"id": 1, "image_id": 1, "category_id": 5, "bbox": [10, 10, 1, 30]}])
+    ds = load_coco(write_json(tmp_path, doc))
+    np.testing.assert_array_equal(ds.annotations["a.jpg"].boxes, [[11, 11, 11, 40]])
+    xml = ("<annotation><filename>a.jpg</filename><size><width>200</width><height>100</height></size>"
+           "<object><name>dog</name><bndbox><xmin>{}</xmin><ymin>11</ymin><xmax>11</xmax><ymax>40</ymax>"
+           "</bndbox></object></annotation>")
+    (tmp_path / "a.xml").write_text(xml.format(11))
+    np.testing.assert_array_equal(parse_annotation(tmp_path / "a.xml", ("cat", "dog")).boxes,
+                                  ds.annotations["a.jpg"].boxes)
+    doc["annotations"][0]["bbox"] = [10, 10, 0.5, 30]
+    with pytest.raises(AnnotationError, match="under one pixel wide or high"):
+        load_coco(write_json(tmp_path, doc))
+    (tmp_path / "a.xml").write_text(xml.format(11.5))  # xmax = x + width = 10.5 < xmin = 11
+    with pytest.raises(AnnotationError, match="empty box"):
+        parse_annotation(tmp_path / "a.xml", ("cat", "dog"))
+
+
 def set_ann(key, value):
     return lambda d: d["annotations"][1].__setitem__(key, value)
 

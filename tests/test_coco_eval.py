@@ -1,7 +1,11 @@
 """COCO metrics from pycocotools: known answers, agreement with the VOC evaluation, results files."""
 
+import contextlib
+import copy
+import io
 import json
 import os
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,8 +23,10 @@ from ssd300.coco_eval import (COCO_STAT_NAMES, coco_ground_truth, coco_results, 
                               voc_to_coco_boxes, write_coco_results)
 from ssd300.errors import UserError  # noqa: E402
 from ssd300.evaluation import evaluate_detections, ground_truth_from_annotations  # noqa: E402
-from ssd300.voc import Annotation, XML_preprocessor  # noqa: E402
+from ssd300.voc import Annotation, AnnotationError, XML_preprocessor  # noqa: E402
 from tests.conftest import shared_path  # noqa: E402
+from tests.test_evaluation import (FRAME_CASES, TargetDetector, stored_left_to_right,  # noqa: E402
+                                   write_frame_pictures)
 
 
 def perfect(annotations):
@@ -260,9 +266,10 @@ class FakeDetector:
         self.truth = {os.path.join(image_dir, k): d for k, d in perfect(dataset.annotations).items()}
         self.asked = []
 
-    def detect_files(self, paths, batch_size=8, progress=False):
+    def detect_files(self, paths, batch_size=8, progress=False, sizes=None):
         self.asked += paths
-        return [self.truth[p] for p in paths], [(0, 0)] * len(paths)
+        self.sizes = sizes
+        return [self.truth[p] for p in paths], list(sizes)
 
 
 def test_evaluate_dataset(tmp_path):
@@ -273,8 +280,164 @@ def test_evaluate_dataset(tmp_path):
     det, voc, coco = evaluate_dataset(detector, prep, str(root / "JPEGImages"),
                                       results_json=tmp_path / "r.json")
     assert sorted(detector.asked) == sorted(str(root / "JPEGImages" / k) for k in prep.data)
+    # Each picture's frame is its annotation's size.
+    assert detector.sizes == [(prep.annotations[k].width, prep.annotations[k].height) for k in sorted(prep.data)]
     assert voc["map"] == 1.0 and coco.stats["AP"] == pytest.approx(1.0)
     assert len(json.loads((tmp_path / "r.json").read_text())) == 59
     detector.classes = detector.classes[:-1]
     with pytest.raises(UserError, match="are not the dataset's"):
         evaluate_dataset(detector, prep, str(root / "JPEGImages"))
+
+
+def pycocotools_stats(annotation_file, results):
+    """The 12 statistics of pycocotools' own loaders on the file and a results list."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(annotation_file))
+        evaluator = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), "bbox")
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return dict(zip(COCO_STAT_NAMES, evaluator.stats.tolist()))
+
+
+@pytest.mark.parametrize("bad_box", [[296.65, 388.33, 1.03, 0.0],  # instances_train2017 annotation 918
+                                     [26, 51, 487, 294]])  # 13 pixels past the image's right edge
+def test_degenerate_ground_truth_scored_as_pycocotools(tmp_path, bad_box):
+    """Two perfect detections and a third ground truth box that training refuses.
+
+    pycocotools counts the third box as a miss: AP 0.6634, AR100 2/3 (audit
+    finding 2). Training's filters must not drop it from the evaluation.
+    """
+    doc = {"images": [{"id": 200365, "file_name": "a.jpg", "width": 500, "height": 332},
+                      {"id": 2, "file_name": "b.jpg", "width": 500, "height": 332}],
+           "categories": [{"id": 58, "name": "potted plant"}],
+           "annotations": [{"id": 918, "image_id": 200365, "category_id": 58, "bbox": bad_box,
+                            "area": bad_box[2] * bad_box[3], "iscrowd": 0},
+                           {"id": 919, "image_id": 200365, "category_id": 58, "bbox": [10, 10, 100, 100],
+                            "area": 10000.0, "iscrowd": 0},
+                           {"id": 920, "image_id": 2, "category_id": 58, "bbox": [50, 50, 100, 80],
+                            "area": 8000.0, "iscrowd": 0}]}
+    path = tmp_path / "x.json"
+    path.write_text(json.dumps(doc))
+    detections = {"a.jpg": np.array([[1, 0.9, 11, 11, 110, 110]]), "b.jpg": np.array([[1, 0.8, 51, 51, 150, 130]])}
+    with pytest.warns(UserWarning, match="1 boxes of no size, under one pixel or outside their image are kept"):
+        ds = load_coco(path, evaluation=True)
+    metrics = evaluate_coco(detections, ds)
+    assert metrics.stats == pycocotools_stats(path, metrics.results)
+    assert metrics.stats["AP"] == pytest.approx(0.6634, abs=5e-5)
+    assert metrics.stats["AR100"] == pytest.approx(2 / 3)
+    with pytest.raises(AnnotationError, match="annotation id 918"):
+        load_coco(path)  # training's loader refuses the box
+    # evaluate_dataset given a dataset loaded for training reads the file again as pycocotools does.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        training = load_coco(path, on_error="warn")
+    assert evaluate_coco(detections, training).stats["AP"] == pytest.approx(1.0)  # the box is gone there
+    detector = FakeDetector(training, str(tmp_path))
+    detector.truth = {str(tmp_path / k): d for k, d in detections.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _, voc, coco = evaluate_dataset(detector, training, str(tmp_path), use_07_metric=False)
+    assert coco.stats == metrics.stats
+    assert voc["num_positives"] == {1: 3} and voc["ap"][1] == pytest.approx(2 / 3)
+
+
+def test_degenerate_boxes_random_against_pycocotools(tmp_path):
+    """Random ground truth with every kind of box training refuses (zero, negative and
+    sub-pixel sizes, partly outside the image), crowd boxes, images without boxes, and
+    random detections: the 12 statistics equal pycocotools' own on the file."""
+    rng = np.random.default_rng(5)
+    images, annotations, detections = [], [], {}
+    kinds = ["normal"] * 6 + ["zero_w", "zero_h", "negative", "sub_pixel", "outside", "edge", "crowd"]
+    for i in range(40):
+        width, height = (int(v) for v in rng.integers(120, 400, 2))
+        name = f"{i:03d}.jpg"
+        images.append({"id": i + 1, "file_name": name, "width": width, "height": height})
+        rows = []
+        for _ in range(int(rng.integers(0, 6))):
+            kind = kinds[rng.integers(len(kinds))]
+            w, h = (float(v) for v in rng.integers(10, 60, 2))
+            x, y = float(rng.integers(0, width - w)), float(rng.integers(0, height - h))
+            if kind == "zero_w":
+                w = 0.0
+            elif kind == "zero_h":
+                h = 0.0
+            elif kind == "negative":
+                w = -w
+            elif kind == "sub_pixel":
+                w = 0.5
+            elif kind == "outside":
+                x = width - w / 2  # half of it past the right edge
+            elif kind == "edge":
+                x = -0.5  # within the tolerance that training clips
+            box = [x, y, w, h]
+            label = int(rng.integers(1, 4))
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": [1, 4, 9][label - 1],
+                                "bbox": box, "area": w * h, "iscrowd": int(kind == "crowd")})
+            if kind != "zero_w" and rng.random() < 0.8:  # a detection near the box as written
+                jitter = rng.normal(0, 3, 4)
+                bw, bh = max(abs(w), 2) + jitter[2], h + jitter[3]
+                rows.append([label, rng.uniform(0.2, 1), x + 1 + jitter[0], y + 1 + jitter[1],
+                             x + jitter[0] + bw, y + jitter[1] + bh])
+        for _ in range(int(rng.poisson(1))):  # false positives
+            x0, y0 = rng.uniform(1, width / 2), rng.uniform(1, height / 2)
+            rows.append([int(rng.integers(1, 4)), rng.uniform(0, 0.9), x0, y0, x0 + 30, y0 + 20])
+        detections[name] = np.array(rows).reshape(-1, 6)
+    doc = {"images": images, "annotations": annotations,
+           "categories": [{"id": 0, "name": "objects"}, {"id": 1, "name": "a"}, {"id": 4, "name": "b"},
+                          {"id": 9, "name": "c"}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match="boxes of no size"):
+        ds = load_coco(path, evaluation=True)
+    assert ds.classes == ("a", "b", "c") and len(ds.annotations) == 40  # every image, empty ones too
+    metrics = evaluate_coco(detections, ds)
+    assert metrics.stats == pycocotools_stats(path, metrics.results)
+    assert 0.2 < metrics.stats["AP50"] < 0.9
+
+
+def test_evaluate_dataset_scores_in_the_annotation_frame(tmp_path):
+    """COCO side of the frame check (see test_evaluation): the EXIF picture annotated as
+    stored and the picture stored at half its annotated size score AP 1 by both rules."""
+    write_frame_pictures(tmp_path)
+    classes = sorted({case[4] for case in FRAME_CASES})
+    doc = {"images": [{"id": i + 1, "file_name": name, "width": w, "height": h}
+                      for i, (name, _, (w, h), _, _, _) in enumerate(FRAME_CASES)],
+           "categories": [{"id": i + 1, "name": c} for i, c in enumerate(classes)],
+           "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": classes.index(cls) + 1,
+                            "bbox": voc_to_coco_boxes(box)[0].tolist(), "area": 1000.0, "iscrowd": 0}
+                           for i, (_, _, _, box, cls, _) in enumerate(FRAME_CASES)]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(doc))
+    ds = load_coco(path, tmp_path, evaluation=True)
+    keys = sorted(ds.annotations)
+    detector = TargetDetector(ds.classes, [(ds.annotations[k].labels[0], ds.data[k][0, :4]) for k in keys])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        detections, voc, coco = evaluate_dataset(detector, ds, batch_size=1)
+    for name, _, _, box, _, _ in FRAME_CASES:
+        np.testing.assert_allclose(detections[name][0, 2:], box, rtol=1e-12)
+    assert voc["map"] == 1.0 and coco.stats["AP"] == pytest.approx(1.0)
+    assert any("1 images have EXIF orientation" in str(w.message) for w in record)
+    assert stored_left_to_right(detector.batches[0][0]) > 300  # a.jpg as stored
+
+
+def test_evaluate_dataset_keeps_images_with_the_same_stem(tmp_path):
+    """a.jpg and a.png in one COCO file are two images in both tables."""
+    doc = {"images": [{"id": 1, "file_name": "a.jpg", "width": 100, "height": 100},
+                      {"id": 2, "file_name": "a.png", "width": 100, "height": 100}],
+           "categories": [{"id": 1, "name": "cat"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 50, 50], "area": 2500},
+                           {"id": 2, "image_id": 2, "category_id": 1, "bbox": [50, 50, 50, 50], "area": 2500}]}
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(doc))
+    ds = load_coco(path, evaluation=True)
+    detector = FakeDetector(ds, str(tmp_path))
+    detector.truth[str(tmp_path / "a.png")] = np.zeros((0, 6))  # a.png's cat is missed
+    detections, voc, coco = evaluate_dataset(detector, ds, use_07_metric=False)
+    assert sorted(detections) == ["a.jpg", "a.png"]
+    assert voc["num_positives"] == {1: 2} and voc["ap"][1] == pytest.approx(0.5)
+    assert coco.stats["AR100"] == pytest.approx(0.5)
