@@ -11,6 +11,7 @@ message`` with exit status 2 and no traceback.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -60,6 +61,13 @@ def _input_size(text):
     value = _positive_int(text)
     if value < 32:
         raise argparse.ArgumentTypeError(f"must be at least 32 (SSD300's five poolings), got {value}")
+    return value
+
+
+def _num_classes(text):
+    value = _positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be at least 2 (the classes counting the background), got {value}")
     return value
 
 
@@ -252,43 +260,103 @@ def _classes(classes_file, voc_root=None, weights=None):
         raise UserError(f"{path}: cannot read class list ({e.strerror})") from None
 
 
-def _model(args, classes):
+def _model(args, classes, classes_given=True):
     """SSD300 for ``classes`` at ``--input-size`` with ``--weights`` loaded by layer name.
 
     The class heads must come from the file: weights for another class count
     are an error that says what the file holds, not a model with untrained heads.
+    ``classes_given`` is false when ``classes`` are the 20 VOC classes assumed
+    for want of a class list, which the message then says.
     """
     from .ssd_v2 import SSD300v2
-    from .weights import check_class_count, load_weights_by_name, read_weight_file
+    from .weights import (WeightFileError, check_class_count, load_weights_by_name, num_classes_in_file,
+                          read_weight_file)
 
     layers = read_weight_file(args.weights)
-    num_classes = check_class_count(layers, classes, name=args.weights,
-                                    num_classes_option=args.command == "export")
+    export = args.command == "export"
+    requested = getattr(args, "num_classes", None)
+    held = num_classes_in_file(layers, args.weights) if requested or not classes_given else None
+    if held is not None and held != (requested or len(classes) + 1):
+        given = (f"--num-classes {requested} was given" if requested else
+                 "no class list was given (--classes FILE, or classes.txt beside the weights), so the "
+                 "20 VOC classes were assumed")
+        raise WeightFileError(f"{args.weights} holds class heads for {held - 1} classes + background, but "
+                              f"{given}; pass --classes FILE with {held - 1} names, in the order the model "
+                              f"was trained with" + (f" (or --num-classes {held})" if export else ""))
+    num_classes = check_class_count(layers, classes, name=args.weights, num_classes_option=export)
     model = SSD300v2((args.input_size, args.input_size, 3), num_classes=num_classes)
     report = load_weights_by_name(model, layers)
-    if report.missing or report.skipped:
-        raise UserError(f"{args.weights}: lacks {', '.join([*report.missing, *report.skipped])} of the model")
+    problems = [f"lacks {', '.join(report.missing)} of the model"] if report.missing else []
+    problems += [f"{name}: {why}" for name, why in report.skipped.items()]
+    if problems:
+        raise UserError(f"{args.weights}: {'; '.join(problems)}")
     return model
 
 
+@contextlib.contextmanager
 def _output_folder(path):
+    """Create the output folder ``path`` for the block, checked writable; afterwards remove the
+    folders it created that are still empty (every input failed, or the block failed)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{path}: cannot create the output folder: a file of that name exists")
+    created, folder = [], os.path.abspath(path)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        created.append(folder)
+        folder = os.path.dirname(folder)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise UserError(f"{path}: cannot create the output folder ({e.strerror})") from None
+        _remove_empty(created)
+        raise UserError(f"{path}: cannot create the output folder ({e.strerror or e})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        _remove_empty(created)
+        raise UserError(f"{path}: the output folder is not writable")
+    try:
+        yield path
+    finally:
+        _remove_empty(created)
 
 
-def _detector(args, classes):
-    """The Keras detector of ``--weights``, or with ``--model FILE.onnx`` onnxruntime's (no Keras)."""
-    if getattr(args, "model", None):
-        from .onnx_runtime import OnnxDetector
+def _remove_empty(folders):
+    """Remove each of ``folders`` (deepest first) that is empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return  # not empty (or gone): neither are its parents
 
-        detector = OnnxDetector(args.model)
-        detector.classes = tuple(classes)
-        return detector
+
+def _detector(args, classes, classes_given=True):
+    """The Keras detector of ``--weights``."""
     from .detect import Detector
 
-    return Detector(_model(args, classes), classes, confidence_threshold=args.confidence)
+    return Detector(_model(args, classes, classes_given), classes, confidence_threshold=args.confidence)
+
+
+def _onnx_detector(args):
+    """onnxruntime's detector of ``--model FILE.onnx`` (no Keras), labelled with the model's classes.
+
+    The names: ``--classes`` or ``classes.txt`` beside the model (of the
+    length the model records), else the names the file records, else the 20
+    VOC classes for a 21-class model; anything else is refused.
+    """
+    from .onnx_runtime import OnnxDetector
+    from .voc import VOC_CLASSES
+
+    class_file = _class_file(args.classes, weights=args.model)
+    detector = OnnxDetector(args.model)
+    known = detector.num_classes
+    if class_file is not None:
+        detector.set_classes(_classes(class_file))
+    elif detector.class_names is None and known == len(VOC_CLASSES) + 1:
+        detector.set_classes(VOC_CLASSES)
+    elif detector.class_names is None:
+        what = (f"detects {known - 1} classes + background but records no class names" if known else
+                "records neither its class count nor its class names (exported before ssd300 recorded them)")
+        count = f"{known - 1} names" if known else "the model's class names"
+        raise UserError(f"{args.model} {what}; pass --classes FILE with {count}, in the order the model was "
+                        f"trained with (or put classes.txt beside the model)")
+    return detector
 
 
 def _cmd_export(args):
@@ -300,22 +368,60 @@ def _cmd_export(args):
 
     if args.num_classes and args.classes:
         raise UserError("give --num-classes or --classes, not both")
+    # The --check pictures are read first: a bad one stops the command before the export.
+    images = (np.stack([resize(load_image(p), (args.input_size, args.input_size)) for p in args.check])
+              if args.check else None)
+    class_file = None if args.num_classes else _class_file(args.classes, weights=args.weights)
     classes = (tuple(f"class{i}" for i in range(1, args.num_classes)) if args.num_classes
                else _classes(args.classes, weights=args.weights))
-    model = _model(args, classes)
+    model = _model(args, classes, classes_given=class_file is not None)
     options = dict(confidence_threshold=args.confidence, nms_thresh=args.nms_thresh, top_k=args.top_k,
                    keep_top_k=args.keep_top_k)
-    path = export_detector(model, args.out, args.format, **options)
+    # Only names from a file are recorded; the model's class count is recorded always (ONNX).
+    path = export_detector(model, args.out, args.format, classes=classes if class_file else None, **options)
     print(f"wrote {path} ({args.format}): uint8 RGB images (batch, {args.input_size}, {args.input_size}, 3) "
           "in; boxes (batch, K, 4) normalised xmin, ymin, xmax, ymax, scores (batch, K), classes "
           "(batch, K) (1 .. C, -1 for padding) and num_detections (batch,) out")
-    if args.check:
-        images = np.stack([resize(load_image(p), (args.input_size, args.input_size)) for p in args.check])
+    if images is not None:
         check_export(args.out, args.format, images, inference_model(model, **options))
         print(f"checked on {len(args.check)} pictures: the same detections as the Keras model")
     if args.format == "onnx":
-        print(f"run it without Keras: ssd300 detect --model {args.out} --classes CLASSES.txt PICTURES")
+        names = f"the class names of {class_file}" if class_file else "no class names"
+        # Without recorded names, detect takes VOC's for 21 classes and needs --classes otherwise.
+        option = "" if class_file or len(classes) == 20 else " --classes CLASSES.txt"
+        print(f"{path} records {len(classes)} classes + background and {names}; run it without Keras: "
+              f"ssd300 detect --model {args.out}{option} PICTURES")
     return 0
+
+
+@contextlib.contextmanager
+def _writing(out, what):
+    """Turn an ``OSError`` of the block, which writes ``out``, into a one-line :class:`UserError`.
+
+    An error on a file that is neither ``out``, nor in it, nor one of its
+    folders, nor a temporary file beside it was a read of an input, and is
+    named as such. A ``FileExistsError`` raised with a message of its own (no
+    errno: "already exists, pass --overwrite") keeps it.
+    """
+    try:
+        yield
+    except OSError as e:
+        if e.errno is None:
+            raise UserError(str(e)) from None
+        reason = e.strerror or str(e)
+        culprits = [os.fspath(f) for f in (e.filename, e.filename2) if f is not None]
+        if culprits and not any(_belongs_to(f, out) for f in culprits):
+            raise UserError(f"{culprits[0]}: cannot read ({reason})") from None
+        raise UserError(f"{out}: cannot write {what} ({reason})") from None
+
+
+def _belongs_to(path, out):
+    """Whether writing ``out`` touches ``path``: ``out``, inside it, a folder above it, or a temporary
+    file beside it (``atomic_path``'s ``<stem>.tmp<pid>``, or a hidden one)."""
+    path, out = os.path.abspath(path), os.path.abspath(out)
+    name, stem = os.path.basename(path), os.path.splitext(os.path.basename(out))[0]
+    beside = os.path.dirname(path) == os.path.dirname(out) and (name.startswith(f"{stem}.tmp") or name[:1] == ".")
+    return path == out or path.startswith(out + os.sep) or out.startswith(path.rstrip(os.sep) + os.sep) or beside
 
 
 def _cmd_info(args):
@@ -334,7 +440,8 @@ def _cmd_priors(args):
     from .ssd_v2 import SSD300
 
     priors = priors_from_model(SSD300((args.size, args.size, 3)))
-    save_priors(priors, args.out)
+    with _writing(args.out, "the priors"):
+        save_priors(priors, args.out)
     print(f"wrote {len(priors)} priors to {args.out}")
     return 0
 
@@ -343,8 +450,9 @@ def _cmd_synth(args):
     from .synth import make_synthetic_voc
 
     try:
-        out = make_synthetic_voc(args.out, images=args.images, seed=args.seed, overwrite=args.overwrite)
-    except (FileExistsError, ValueError) as e:
+        with _writing(args.out, "the dataset"):
+            out = make_synthetic_voc(args.out, images=args.images, seed=args.seed, overwrite=args.overwrite)
+    except ValueError as e:
         raise UserError(str(e)) from None
     print(f"wrote {args.images} images to {out}")
     return 0
@@ -358,13 +466,16 @@ def _cmd_evaluate(args):
     from .datasets import read_voc
     from .evaluation import format_ap_table, write_devkit_results
 
+    class_file = _class_file(args.classes, args.voc_root, args.weights)
     classes = _classes(args.classes, args.voc_root, args.weights)
     dataset = read_voc(args.voc_root, args.split, classes)
-    detector = _detector(args, classes)
-    by_id, result = detector.evaluate_voc(args.voc_root, dataset, args.batch_size,
-                                          use_07_metric=not args.voc2010_metric, progress=True)
-    print(format_ap_table(result, classes))
-    files = write_devkit_results(by_id, classes, args.out, prefix=f"comp4_det_{args.split}_")
+    with _output_folder(args.out):  # checked before the weights are read and the detector runs
+        detector = _detector(args, classes, classes_given=class_file is not None)
+        by_id, result = detector.evaluate_voc(args.voc_root, dataset, args.batch_size,
+                                              use_07_metric=not args.voc2010_metric, progress=True)
+        print(format_ap_table(result, classes))
+        with _writing(args.out, "the devkit result files"):
+            files = write_devkit_results(by_id, classes, args.out, prefix=f"comp4_det_{args.split}_")
     print(f"devkit result files: {os.path.dirname(files[0])}/comp4_det_{args.split}_<class>.txt")
     return 0
 
@@ -379,13 +490,13 @@ def _evaluate_coco(args):
     # Without a class list, the dataset's categories with boxes.
     classes = _classes(args.classes, weights=args.weights) if _class_file(args.classes, weights=args.weights) \
         else None
-    dataset = load_coco(annotation_file, images, classes=classes, keep_empty=True)
-    detector = _detector(args, dataset.classes)
+    dataset = load_coco(annotation_file, images, classes=classes, evaluation=True)
     results = args.results_json or os.path.join(args.out, "detections.coco.json")
-    _output_folder(os.path.dirname(results) or ".")
-    _, voc, coco = evaluate_dataset(detector, dataset, batch_size=args.batch_size,
-                                    use_07_metric=not args.voc2010_metric, results_json=results,
-                                    progress=True)
+    with _output_folder(os.path.dirname(results) or "."):
+        detector = _detector(args, dataset.classes)
+        _, voc, coco = evaluate_dataset(detector, dataset, batch_size=args.batch_size,
+                                        use_07_metric=not args.voc2010_metric, results_json=results,
+                                        progress=True)
     print(format_ap_table(voc, dataset.classes))
     print("\nCOCO metrics (pycocotools):")
     print(format_coco_table(coco))
@@ -397,15 +508,34 @@ def _cmd_convert(args):
     from .convert import coco_root_to_voc, coco_to_voc, voc_to_coco
 
     classes = _classes(args.classes) if args.classes else None
-    if args.direction == "voc2coco":
-        counts = voc_to_coco(args.source, args.out, classes=classes, split=args.split)
-    elif os.path.isdir(args.source):
-        counts = coco_root_to_voc(args.source, args.out, classes=classes, link=args.link)
-    else:
-        counts = coco_to_voc(args.source, args.images or os.path.dirname(os.path.abspath(args.source)), args.out, classes=classes,
-                             split=args.split or "train", link=args.link)
+    with _writing(args.out, "the COCO JSON" if args.direction == "voc2coco" else "the VOC dataset"):
+        if args.direction == "voc2coco":
+            counts = voc_to_coco(args.source, args.out, classes=classes, split=args.split)
+        elif os.path.isdir(args.source):
+            counts = coco_root_to_voc(args.source, args.out, classes=classes, link=args.link)
+        else:
+            counts = coco_to_voc(args.source, args.images or os.path.dirname(os.path.abspath(args.source)),
+                                 args.out, classes=classes, split=args.split or "train", link=args.link)
     print(f"wrote {args.out}: {counts}")
     return 0
+
+
+def _unique_names(stems):
+    """Output names for input stems, unique in command-line order: the first ``1`` stays ``1``, the
+    next ``1_2``, ``1_3``, ... (case-insensitively, for file systems that ignore case)."""
+    names, taken = [], set()
+    for stem in stems:
+        name, n = stem, 1
+        while name.casefold() in taken:
+            n += 1
+            name = f"{stem}_{n}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names
+
+
+def _stem(path):
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def _cmd_detect(args):
@@ -418,44 +548,64 @@ def _cmd_detect(args):
         raise UserError("detect needs pictures or videos, or --camera N")
     if bool(args.weights) == bool(args.model):
         raise UserError("detect needs --weights FILE.h5 or --model FILE.onnx (one of them)")
-    classes = _classes(args.classes, weights=args.weights or args.model)
-    detector = _detector(args, classes)
-    _output_folder(args.out)
+    videos = ([args.camera] if args.camera is not None else []) + [p for p in args.images if is_video_path(p)]
+    pictures = [p for p in args.images if not is_video_path(p)]
+    # Inputs sharing a name (a/1.jpg and b/1.jpg, 1.jpg and 1.png) get 1.png and 1_2.png.
+    video_names = _unique_names([f"camera{s}" if isinstance(s, int) else _stem(s) for s in videos])
+    picture_names = _unique_names([_stem(p) for p in pictures])
     video_options = dict(every=args.every, show=args.show, min_score=args.min_score,
                          start_frame=args.start_frame, max_frames=args.max_frames)
-    report, failed = {}, 0
-    sources = [args.camera] if args.camera is not None else []
-    for source in sources + [p for p in args.images if is_video_path(p)]:
-        stem = f"camera{source}" if isinstance(source, int) else os.path.splitext(os.path.basename(source))[0]
-        out_video, out_jsonl = (os.path.join(args.out, f"{stem}{ext}") for ext in (".mp4", ".jsonl"))
-        batch = args.batch_size or (1 if isinstance(source, int) else 8)
-        try:
-            result = detect_video(detector, source, out_video, out_jsonl, batch_size=batch, **video_options)
-        except VideoReadError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        stopped = " (interrupted; outputs kept)" if getattr(result, "interrupted", False) else ""
-        print(f"{source}: {result.frames} frames, detector on {result.processed} -> {out_video}, "
-              f"{out_jsonl}{stopped}")
-    for path in (p for p in args.images if not is_video_path(p)):
-        try:
-            image = open_rgb(path)
-        except ImageError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failed += 1
-            continue
-        det = detector.detect_arrays([image])[0]
-        det = det[det[:, 1] >= args.min_score]
-        stem = os.path.splitext(os.path.basename(path))[0]
-        picture = os.path.join(args.out, f"{stem}.png")
-        save_atomic(draw_detections(image, det, classes), picture)
-        report[path] = [{"label": int(d[0]), "class": classes[int(d[0]) - 1], "score": float(d[1]),
-                         "box": [float(v) for v in d[2:6]]} for d in det]
-        print(f"{path}: {len(det)} detections -> {picture}")
-    if report:
-        with atomic_path(os.path.join(args.out, "detections.json")) as tmp, open(tmp, "w") as f:
-            json.dump(report, f, indent=2)
+    with _output_folder(args.out):  # removed again if nothing is written in it
+        if args.model:
+            detector = _onnx_detector(args)
+        else:
+            class_file = _class_file(args.classes, weights=args.weights)
+            detector = _detector(args, _classes(args.classes, weights=args.weights), class_file is not None)
+        classes = detector.classes
+        failed = 0
+        # Every picture is detected before anything is written: a model whose class count is unknown
+        # stops here on a label past the class list, with nothing half-written.
+        found = {}
+        for path in pictures:
+            try:
+                image = open_rgb(path)
+            except ImageError as e:
+                print(f"error: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            det = detector.detect_arrays([image])[0]
+            found[path] = det[det[:, 1] >= args.min_score]
+        for source, name in zip(videos, video_names):
+            out_video, out_jsonl = (os.path.join(args.out, f"{name}{ext}") for ext in (".mp4", ".jsonl"))
+            batch = args.batch_size or (1 if isinstance(source, int) else 8)
+            try:
+                result = detect_video(detector, source, out_video, out_jsonl, batch_size=batch, **video_options)
+            except VideoReadError as e:  # an unreadable video (or one cut short) is skipped like a picture
+                print(f"error: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            stopped = " (interrupted; outputs kept)" if getattr(result, "interrupted", False) else ""
+            print(f"{source}: {result.frames} frames, detector on {result.processed} -> {out_video}, "
+                  f"{out_jsonl}{stopped}")
+        report = {}
+        for path, name in zip(pictures, picture_names):
+            if path not in found:
+                continue
+            try:
+                image = open_rgb(path)  # again: holding every picture would take their whole size in memory
+            except ImageError as e:
+                print(f"error: {e}", file=sys.stderr)
+                failed += 1
+                continue
+            det = found[path]
+            picture = os.path.join(args.out, f"{name}.png")
+            save_atomic(draw_detections(image, det, classes), picture)
+            report[path] = [{"label": int(d[0]), "class": classes[int(d[0]) - 1], "score": float(d[1]),
+                             "box": [float(v) for v in d[2:6]]} for d in det]
+            print(f"{path}: {len(det)} detections -> {picture}")
+        if report:
+            with atomic_path(os.path.join(args.out, "detections.json")) as tmp, open(tmp, "w") as f:
+                json.dump(report, f, indent=2)
     return 1 if failed else 0
 
 
@@ -481,13 +631,13 @@ def build_parser(prog="ssd300"):
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("info", help="build SSD300, print its summary and number of priors")
-    p.add_argument("--size", type=_positive_int, default=300, help="input height and width (default 300)")
-    p.add_argument("--num-classes", type=_positive_int, default=21, help="classes with the background (default 21)")
+    p.add_argument("--size", type=_input_size, default=300, help="input height and width (default 300)")
+    p.add_argument("--num-classes", type=_num_classes, default=21, help="classes with the background (default 21)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("priors", help="write the model's prior boxes as a pickle")
     p.add_argument("out", nargs="?", default="prior_boxes_ssd300.pkl")
-    p.add_argument("--size", type=_positive_int, default=300)
+    p.add_argument("--size", type=_input_size, default=300, help="input height and width (default 300)")
     p.set_defaults(func=_cmd_priors)
 
     p = sub.add_parser("synth", help="write a synthetic VOC-format dataset of shapes")
@@ -536,7 +686,8 @@ def build_parser(prog="ssd300"):
                        "(KERAS_BACKEND=tensorflow, the default); Keras 3.15 cannot export this model's "
                        "NMS loop from JAX or PyTorch. The weights do not depend on the backend.")
     model_options(p)
-    p.add_argument("--num-classes", type=_positive_int, help="classes with the background, instead of --classes")
+    p.add_argument("--num-classes", type=_num_classes,
+                   help="classes with the background, instead of --classes (the ONNX file then records no names)")
     p.add_argument("--format", required=True, choices=("onnx", "tf_saved_model", "litert"))
     p.add_argument("--out", required=True, help="a .onnx / .tflite file, or the SavedModel folder")
     p.add_argument("--nms-thresh", type=_fraction, default=0.45)
@@ -548,15 +699,20 @@ def build_parser(prog="ssd300"):
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("detect", help="draw detections on pictures, videos or a camera",
-                       description="Pictures give OUT/<name>.png and OUT/detections.json (boxes in pixels). "
+                       description="Pictures give OUT/<name>.png and OUT/detections.json (boxes in pixels, "
+                                   "keyed by the picture's path). "
                                    "Videos (and --camera N) give OUT/<name>.mp4, the annotated video at the "
                                    "input's size and frame rate (MPEG-4 Part 2 'mp4v', what pip's OpenCV "
                                    "writes), and OUT/<name>.jsonl, one line per processed frame: frame number, "
-                                   "time stamp, boxes in pixels, labels, scores. Videos need the video extra: "
-                                   "pip install 'ssd300[video]'.")
+                                   "time stamp, boxes in pixels, labels, scores. <name> is the input's file name "
+                                   "without its extension; inputs that share one get <name>_2, <name>_3, ... in "
+                                   "command-line order (each output is printed). Unreadable pictures and "
+                                   "videos are reported and skipped (exit status 1). Videos need the video "
+                                   "extra: pip install 'ssd300[video]'.")
     model_options(p, required=False)
     p.add_argument("--model", help="an exported .onnx detector, run with onnxruntime instead of --weights "
-                                   "(no Keras needed; classes from --classes or classes.txt beside it)")
+                                   "(no Keras needed; classes from --classes or classes.txt beside it, else "
+                                   "the names the file records, else the 20 VOC classes for a 21-class model)")
     p.add_argument("images", nargs="*", metavar="PICTURE_OR_VIDEO")
     p.add_argument("--out", default="detections")
     p.add_argument("--min-score", type=_fraction, default=0.5, help="draw detections scored at least this")

@@ -26,6 +26,12 @@ format             TensorFlow  JAX          PyTorch
 Weights do not depend on the backend: on JAX or PyTorch, load the weights
 under ``KERAS_BACKEND=tensorflow`` and export there.
 
+An ONNX file records its class count in its ``metadata_props``:
+``num_classes`` (the background included, e.g. ``"21"``) and, when the export
+was given the names, ``class_names`` (a JSON list without the background),
+which :class:`ssd300.onnx_runtime.OnnxDetector` reads. The graph is the same
+with or without them.
+
 Runtimes used by :func:`run_exported` / :func:`check_export`: ``onnxruntime``
 for ONNX, TensorFlow for the SavedModel (its ``serve`` endpoint), the LiteRT
 interpreter (``ai_edge_litert``, else ``tf.lite``) for ``.tflite`` files, all
@@ -112,7 +118,7 @@ def _detector(model, **inference_options):
     return inference_model(model, **inference_options)
 
 
-def export_detector(model, path, format="onnx", **inference_options):
+def export_detector(model, path, format="onnx", classes=None, **inference_options):
     """Export a detector to ``path``, atomically: nothing is left half-written on failure.
 
     Args:
@@ -123,6 +129,8 @@ def export_detector(model, path, format="onnx", **inference_options):
             folder is created if needed; an existing file (directory) of the
             same kind is replaced only once the new one is complete.
         format: ``"onnx"``, ``"tf_saved_model"`` or ``"litert"``.
+        classes: the class names without the background, or ``None``; an
+            ONNX file records them (its class count is recorded either way).
         **inference_options: ``confidence_threshold``, ``nms_thresh``,
             ``top_k``, ``keep_top_k``, ``preprocess``, ``max_candidates``.
 
@@ -131,17 +139,24 @@ def export_detector(model, path, format="onnx", **inference_options):
 
     Raises:
         ExportError: unknown format, a backend that cannot export it, a
-            runtime package that is missing, or a path that cannot be written.
+            runtime package that is missing, a path that cannot be written,
+            or ``classes`` of another length than the model's classes.
     """
     _check_format(format)
     _check_backend(format)
-    path = _check_path(path, format)
     detector = _detector(model, **inference_options)
+    num_classes = detector_num_classes(detector)
+    if classes is not None and len(classes) + 1 != num_classes:
+        raise ExportError(f"{len(classes)} class names given for a model of {num_classes - 1} classes "
+                          f"+ background")
+    path = _check_path(path, format)
     root, ext = os.path.splitext(path)
     tmp = f"{root}.tmp{os.getpid()}{ext}"
     try:
         try:
             detector.export(tmp, format=format, verbose=False, input_signature=_signature(detector))
+            if format == "onnx":
+                _write_onnx_metadata(tmp, num_classes, classes)
         except ImportError as e:
             raise ExportError(f"exporting to {format} needs a package that is not installed "
                               f"({e}); install ssd300's 'export' extra") from None
@@ -151,6 +166,37 @@ def export_detector(model, path, format="onnx", **inference_options):
     finally:
         _remove(tmp)
     return path
+
+
+def detector_num_classes(detector):
+    """The class count (background included) that a model from ``inference_model`` decodes."""
+    from .decode_detections import DecodeDetections
+    from .layout import num_classes_of
+
+    (decode,) = [layer for layer in detector.layers if isinstance(layer, DecodeDetections)]
+    return num_classes_of(decode.input.shape[-1])
+
+
+def _write_onnx_metadata(path, num_classes, classes=None):
+    """Record the class count (and names) in an ONNX file's ``metadata_props``; the graph is unchanged.
+
+    The keys are :data:`ssd300.onnx_runtime.NUM_CLASSES_KEY` and
+    :data:`~ssd300.onnx_runtime.CLASS_NAMES_KEY`; other entries are kept.
+    """
+    import json
+
+    import onnx
+
+    from .onnx_runtime import CLASS_NAMES_KEY, NUM_CLASSES_KEY
+
+    model = onnx.load(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    props.pop(CLASS_NAMES_KEY, None)
+    props[NUM_CLASSES_KEY] = str(int(num_classes))
+    if classes is not None:
+        props[CLASS_NAMES_KEY] = json.dumps(list(classes), ensure_ascii=False)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, path)
 
 
 def _signature(detector):

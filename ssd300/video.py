@@ -64,13 +64,18 @@ _END = object()  # ends a queue
 
 
 class VideoReadError(UserError):
-    """A video that stopped before its end (truncated, or a frame that cannot be decoded).
+    """A video file that cannot be read: missing, not a video, or stopped before its end.
 
-    The frames before it were processed and the outputs written; ``result``
-    is the :class:`VideoResult` of those frames.
+    What a caller going through several inputs reports and skips, as an
+    unreadable picture. A video that stopped before its end (truncated, or a
+    frame that cannot be decoded) had the frames before it processed and the
+    outputs written; ``result`` is the :class:`VideoResult` of those frames.
+    For a file that could not be opened (or whose first frame could not be
+    read) nothing was written and ``result`` is ``None``. (A camera that
+    cannot be opened is a plain :class:`UserError`.)
     """
 
-    def __init__(self, message, result):
+    def __init__(self, message, result=None):
         super().__init__(message)
         self.result = result
 
@@ -230,13 +235,13 @@ def _open_source(cv2, source, start_frame):
     if camera is None:
         path = os.fspath(source)
         if not os.path.exists(path):
-            raise UserError(f"{path}: video not found")
+            raise VideoReadError(f"{path}: video not found")
         if os.path.isdir(path):
-            raise UserError(f"{path}: is a folder, not a video")
+            raise VideoReadError(f"{path}: is a folder, not a video")
         with _quiet(cv2):
             capture = cv2.VideoCapture(path)
         if not capture.isOpened():
-            raise UserError(f"{path}: not a readable video (OpenCV cannot open it)")
+            raise VideoReadError(f"{path}: not a readable video (OpenCV cannot open it)")
     else:
         with _quiet(cv2):
             capture = cv2.VideoCapture(camera)
@@ -249,8 +254,8 @@ def _open_source(cv2, source, start_frame):
         fps = float(fps) if math.isfinite(fps) and 0 < fps <= 1000 else None
         if start_frame:
             if frame_count is not None and start_frame >= frame_count:
-                raise UserError(f"{name}: start_frame {start_frame} is past the last frame "
-                                f"({frame_count} frames)")
+                raise VideoReadError(f"{name}: start_frame {start_frame} is past the last frame "
+                                     f"({frame_count} frames)")
             if camera is None:
                 capture.set(cv2.CAP_PROP_POS_FRAMES, start_frame)
             else:
@@ -259,8 +264,9 @@ def _open_source(cv2, source, start_frame):
         ok, frame = capture.read()
         if not ok or frame is None:
             where = f" at frame {start_frame}" if start_frame else ""
-            raise UserError(f"{name}: no frame could be read{where} "
-                            f"({'the camera gave none' if camera is not None else 'empty or not a video'})")
+            error = UserError if camera is not None else VideoReadError
+            raise error(f"{name}: no frame could be read{where} "
+                        f"({'the camera gave none' if camera is not None else 'empty or not a video'})")
         return capture, frame, _frame_time(cv2, capture, camera, start_frame, fps), frame_count, fps
     except BaseException:
         capture.release()
@@ -478,11 +484,13 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
         are kept and ``interrupted`` is set.
 
     Raises:
-        UserError: OpenCV missing, a missing or unreadable video, no camera,
-            an output that cannot be written (nothing is left under its name).
-        VideoReadError: the video stopped early (truncated or a corrupt
-            frame): the frames before it are written, and the message says
-            which frame it stopped at.
+        VideoReadError: a video file that is missing, cannot be opened, or
+            has no frame (at ``start_frame``): nothing is written, ``result``
+            is ``None``; or that stopped early (truncated or a corrupt frame):
+            the frames before it are written, and the message says which
+            frame it stopped at.
+        UserError: OpenCV missing, no camera, an output that cannot be
+            written (nothing is left under its name).
     """
     if not (out_video or out_jsonl or show):
         raise UserError("detect_video: nothing to do (give out_video, out_jsonl or show)")

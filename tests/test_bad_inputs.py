@@ -553,8 +553,44 @@ def test_weights_for_another_class_count_through_detect(weights_4_classes, tmp_p
     status, out, err = run_cli(capsys, "detect", "--weights", weights_4_classes, "--input-size", SIZE,
                                "--out", tmp_path / "det", picture)
     assert status == 2, out
-    assert f"error: {weights_4_classes} holds class heads for 4 classes + background" in err
-    assert not (tmp_path / "det" / "detections.json").exists()
+    # No class list was given: the message says so, not "20 class names were given".
+    assert err == (f"error: {weights_4_classes} holds class heads for 4 classes + background, but no class "
+                   f"list was given (--classes FILE, or classes.txt beside the weights), so the 20 VOC "
+                   f"classes were assumed; pass --classes FILE with 4 names, in the order the model was "
+                   f"trained with\n")
+    assert not (tmp_path / "det").exists()
+
+
+@pytest.mark.parametrize("num_classes", ["21", "3"])
+def test_export_num_classes_for_another_class_count(weights_4_classes, tmp_path, capsys, num_classes):
+    status, _, err = run_cli(capsys, "export", "--weights", weights_4_classes, "--input-size", SIZE,
+                             "--format", "onnx", "--out", tmp_path / "x.onnx", "--num-classes", num_classes)
+    assert status == 2
+    assert err == (f"error: {weights_4_classes} holds class heads for 4 classes + background, but "
+                   f"--num-classes {num_classes} was given; pass --classes FILE with 4 names, in the order "
+                   f"the model was trained with (or --num-classes 5)\n")
+    assert os.listdir(tmp_path) == []
+
+
+def test_weights_layer_of_the_wrong_shape_is_named_with_the_shapes(weights_4_classes, tmp_path, capsys):
+    """A layer of another shape is reported as such, not as missing; a missing one as missing."""
+    bad = tmp_path / "badshape.h5"
+    shutil.copy(weights_4_classes, bad)
+    with h5py.File(bad, "a") as f:
+        group = f["conv1_1"]
+        kernel = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]][0]
+        del group[kernel]
+        group.create_dataset(kernel, data=np.zeros((3, 3, 3, 32), np.float32))
+        f.attrs["layer_names"] = [n for n in f.attrs["layer_names"]
+                                  if (n.decode() if isinstance(n, bytes) else n) != "fc7"]
+    write_bytes(tmp_path / "classes.txt", "a\nb\nc\nd\n")
+    picture = write_bytes(tmp_path / "p.jpg", _jpeg_bytes())
+    status, _, err = run_cli(capsys, "detect", "--weights", bad, "--classes", tmp_path / "classes.txt",
+                             "--input-size", SIZE, "--out", tmp_path / "det", picture)
+    assert status == 2
+    assert err == (f"error: {bad}: lacks fc7 of the model; conv1_1: shapes differ: model [(3, 3, 3, 64), "
+                   f"(64,)], file [(3, 3, 3, 32), (64,)]\n")
+    assert not (tmp_path / "det").exists()
 
 
 def _wrong_architecture(path):

@@ -235,13 +235,298 @@ def test_export_onnx_and_detect_with_it_without_keras_weights(tmp_path, capsys):
                  "--out", str(tmp_path / "keras"), *pics]) == 0
     assert main(["detect", "--model", str(onnx), "--classes", str(tmp_path / "classes.txt"),
                  "--min-score", "0.05", "--out", str(tmp_path / "onnx"), *pics]) == 0
+    # The file records the class count and the names of the classes.txt beside the weights: moved
+    # away from that file, it still labels its detections with them.
+    from ssd300.onnx_runtime import OnnxDetector
+
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "ssd.onnx"
+    os.replace(onnx, moved)
+    recorded = OnnxDetector(moved)
+    assert (recorded.num_classes, recorded.class_names) == (4, ("a", "b", "c"))
+    assert main(["detect", "--model", str(moved), "--min-score", "0.05", "--out", str(tmp_path / "moved"),
+                 *pics]) == 0
     keras_report = json.loads((tmp_path / "keras" / "detections.json").read_text())
     onnx_report = json.loads((tmp_path / "onnx" / "detections.json").read_text())
+    assert json.loads((tmp_path / "moved" / "detections.json").read_text()) == onnx_report
     for path in pics:
         a, b = keras_report[path], onnx_report[path]
         assert a and len(a) == len(b)
         assert [d["label"] for d in a] == [d["label"] for d in b]
+        assert [d["class"] for d in a] == [d["class"] for d in b]
         np.testing.assert_allclose([d["score"] for d in a], [d["score"] for d in b], atol=1e-4)
         np.testing.assert_allclose([d["box"] for d in a], [d["box"] for d in b], atol=1e-2)
     assert main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "x.onnx"),
                  "--num-classes", "4", "--classes", str(tmp_path / "classes.txt")]) == 2
+
+
+# --- one-line errors, names that do not collide, ONNX class counts ----------------------------------------
+
+
+def run(capsys, *argv):
+    """``ssd300 ARGV`` in this process: ``(status, stdout, stderr)``; argparse's exits give their status."""
+    try:
+        status = main([str(a) for a in argv])
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err + out
+    return status, out, err
+
+
+def one_error_line(err):
+    """The only line of ``err``, which must be an ``error: ...`` line."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def picture(path, width, height):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height), (90, 160, 40)).save(path)
+    return path
+
+
+def names_file(path, names):
+    path.write_text("".join(f"{n}\n" for n in names))
+    return path
+
+
+def test_detect_with_an_onnx_model_knows_its_classes(tmp_path, capsys):
+    """The class count an ONNX file records (or its graph tells) decides the names; nothing is written
+    when they do not fit."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from ssd300.voc import VOC_CLASSES
+    from tests.test_export import FAKE_LABELS, fake_onnx_detector
+
+    pic = picture(tmp_path / "p.jpg", 40, 30)
+    two = names_file(tmp_path / "two.txt", ["a", "b"])
+    four = names_file(tmp_path / "four.txt", ["p", "q", "r", "s"])
+
+    def model(name, **options):
+        (tmp_path / name).mkdir()
+        return fake_onnx_detector(tmp_path / name / "m.onnx", **options)
+
+    def detected_classes(out):
+        (dets,) = json.loads((out / "detections.json").read_text()).values()
+        assert [d["label"] for d in dets] == list(FAKE_LABELS)
+        return [d["class"] for d in dets]
+
+    named = model("named", metadata={"num_classes": "5", "class_names": '["w", "x", "y", "z"]'})
+    assert run(capsys, "detect", "--model", named, "--min-score", 0, "--out", tmp_path / "o1", pic)[0] == 0
+    assert detected_classes(tmp_path / "o1") == ["w", "z"]
+    # A list given (or classes.txt beside the model) wins over the recorded names; it must fit.
+    assert run(capsys, "detect", "--model", named, "--classes", four, "--min-score", 0,
+               "--out", tmp_path / "o2", pic)[0] == 0
+    assert detected_classes(tmp_path / "o2") == ["p", "s"]
+    status, _, err = run(capsys, "detect", "--model", named, "--classes", two, "--out", tmp_path / "o3", pic)
+    assert status == 2 and one_error_line(err) == (
+        f"error: {named} detects 4 classes + background, but 2 class names were given (a, b); pass "
+        f"--classes FILE with 4 names, in the order the model was trained with")
+    # A count without names: VOC's names for 21 classes, else the user must give them.
+    voc = model("voc", metadata={"num_classes": "21"})
+    assert run(capsys, "detect", "--model", voc, "--min-score", 0, "--out", tmp_path / "o4", pic)[0] == 0
+    assert detected_classes(tmp_path / "o4") == [VOC_CLASSES[0], VOC_CLASSES[3]] == ["aeroplane", "boat"]
+    counted = model("counted", metadata={"num_classes": "5"})
+    status, _, err = run(capsys, "detect", "--model", counted, "--out", tmp_path / "o5", pic)
+    assert status == 2 and one_error_line(err).startswith(
+        f"error: {counted} detects 4 classes + background but records no class names; pass --classes "
+        f"FILE with 4 names")
+    # Exported before the metadata: the count from the graph, checked up front.
+    old = model("old", logits=np.zeros((6, 5)))
+    status, _, err = run(capsys, "detect", "--model", old, "--classes", two, "--out", tmp_path / "o6", pic)
+    assert status == 2 and f"{old} detects 4 classes + background, but 2 class names" in one_error_line(err)
+    # No count at all: every label is checked before anything is written.
+    bare = model("bare")
+    status, _, err = run(capsys, "detect", "--model", bare, "--classes", two, "--min-score", 0,
+                         "--out", tmp_path / "o7", pic, picture(tmp_path / "q.jpg", 20, 20))
+    assert status == 2 and one_error_line(err).startswith(
+        f"error: {bare} detected label 4, but only 2 class names were given")
+    status, _, err = run(capsys, "detect", "--model", bare, "--out", tmp_path / "o8", pic)
+    assert status == 2 and "records neither its class count nor its class names" in one_error_line(err)
+    assert run(capsys, "detect", "--model", bare, "--classes", four, "--min-score", 0,
+               "--out", tmp_path / "o9", pic)[0] == 0
+    assert detected_classes(tmp_path / "o9") == ["p", "s"]
+    for refused in ("o3", "o5", "o6", "o7", "o8"):
+        assert not (tmp_path / refused).exists(), refused
+
+
+def test_detect_gives_inputs_that_share_a_name_their_own_outputs(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from PIL import Image
+
+    from tests.test_export import FAKE_BOXES, fake_onnx_detector
+
+    model = fake_onnx_detector(tmp_path / "m.onnx", metadata={"num_classes": "5"})
+    classes = names_file(tmp_path / "classes.txt", ["w", "x", "y", "z"])
+    inputs = {  # input -> (its size, the output it must get)
+        picture(tmp_path / "a" / "1.jpg", 40, 30): "1.png",
+        picture(tmp_path / "b" / "1.jpg", 50, 20): "1_2.png",
+        picture(tmp_path / "a" / "1.png", 30, 36): "1_3.png",
+        picture(tmp_path / "c" / "1_2.jpg", 60, 10): "1_2_2.png",
+        picture(tmp_path / "c" / "ONE.jpg", 16, 24): "ONE.png",
+        picture(tmp_path / "d" / "one.jpg", 24, 16): "one_2.png",  # ONE.png on a file system that ignores case
+    }
+    out = tmp_path / "out"
+    status, printed, err = run(capsys, "detect", "--model", model, "--classes", classes, "--min-score", 0,
+                               "--out", out, *inputs)
+    assert status == 0, err
+    assert sorted(os.listdir(out)) == sorted([*inputs.values(), "detections.json"])
+    report = json.loads((out / "detections.json").read_text())
+    assert sorted(report) == sorted(map(str, inputs))
+    for path, name in inputs.items():
+        assert f"{path}: 2 detections -> {out / name}\n" in printed
+        with Image.open(path) as source, Image.open(out / name) as drawn:
+            assert drawn.size == source.size
+            width, height = source.size
+        np.testing.assert_allclose([d["box"] for d in report[str(path)]],
+                                   np.array(FAKE_BOXES) * [width, height, width, height], rtol=1e-6)
+
+
+def test_detect_videos_that_share_a_name_and_an_unreadable_video(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    pytest.importorskip("cv2")
+    from ssd300.video import write_synthetic_video
+    from tests.test_export import fake_onnx_detector
+
+    model = fake_onnx_detector(tmp_path / "m.onnx", metadata={"num_classes": "5"})
+    classes = names_file(tmp_path / "classes.txt", ["w", "x", "y", "z"])
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    write_synthetic_video(tmp_path / "a" / "x.avi", frames=3, size=(32, 24), seed=1)
+    write_synthetic_video(tmp_path / "b" / "x.avi", frames=5, size=(32, 24), seed=2)
+    garbage = tmp_path / "garbage.mp4"
+    garbage.write_bytes(b"not a video" * 50)
+    pic = picture(tmp_path / "x.jpg", 20, 20)
+    out = tmp_path / "out"
+    status, printed, err = run(capsys, "detect", "--model", model, "--classes", classes, "--min-score", 0,
+                               "--out", out, tmp_path / "a" / "x.avi", garbage, tmp_path / "missing.mp4",
+                               tmp_path / "b" / "x.avi", pic)
+    # The unreadable and the missing video are reported and skipped, as pictures are; exit status 1.
+    assert status == 1
+    assert [line for line in err.splitlines() if "error" in line] == [  # (and the progress bars)
+        f"error: {garbage}: not a readable video (OpenCV cannot open it)",
+        f"error: {tmp_path / 'missing.mp4'}: video not found"]
+    assert sorted(os.listdir(out)) == ["detections.json", "x.jsonl", "x.mp4", "x.png", "x_2.jsonl", "x_2.mp4"]
+    assert f"{tmp_path / 'a' / 'x.avi'}: 3 frames, detector on 3 -> {out / 'x.mp4'}, {out / 'x.jsonl'}" in printed
+    assert f"{tmp_path / 'b' / 'x.avi'}: 5 frames, detector on 5 -> {out / 'x_2.mp4'}" in printed
+    assert len((out / "x.jsonl").read_text().splitlines()) == 3
+    assert len((out / "x_2.jsonl").read_text().splitlines()) == 5
+    # A camera that is not there: an error, and no empty output folder left.
+    status, _, err = run(capsys, "detect", "--model", model, "--classes", classes, "--camera", 97,
+                         "--out", tmp_path / "cam")
+    assert status == 2 and one_error_line(err) == "error: camera 97: no camera at this index (OpenCV cannot open it)"
+    assert not (tmp_path / "cam").exists()
+
+
+def test_detect_leaves_no_empty_output_folder_when_every_input_fails(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    from tests.test_export import fake_onnx_detector
+
+    model = fake_onnx_detector(tmp_path / "m.onnx", metadata={"num_classes": "21"})
+    (tmp_path / "bad.jpg").write_bytes(b"garbage")
+    status, _, err = run(capsys, "detect", "--model", model, "--out", tmp_path / "new" / "out",
+                         tmp_path / "bad.jpg", tmp_path / "gone.jpg")
+    assert status == 1 and err.count("error: ") == 2
+    assert sorted(os.listdir(tmp_path)) == ["bad.jpg", "m.onnx"]
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    assert run(capsys, "detect", "--model", model, "--out", tmp_path / "kept", tmp_path / "bad.jpg")[0] == 1
+    assert (tmp_path / "kept").is_dir()
+
+
+def test_evaluate_checks_its_output_folder_before_anything_runs(dataset, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    # The weights do not exist: the output folder is refused before they are read.
+    for out, problem in ((tmp_path / "afile", "cannot create the output folder: a file of that name exists"),
+                         (tmp_path / "afile" / "sub", "cannot create the output folder (Not a directory)"),
+                         ("/proc/ssd300-results", "cannot create the output folder (No such file or directory)")):
+        status, _, err = run(capsys, "evaluate", "--weights", tmp_path / "none.h5", "--voc-root", dataset,
+                             "--input-size", SIZE, "--out", out)
+        assert status == 2 and one_error_line(err) == f"error: {out}: {problem}"
+    status, _, err = run(capsys, "evaluate", "--weights", tmp_path / "none.h5", "--voc-root", dataset,
+                         "--input-size", SIZE, "--out", tmp_path / "new" / "results")
+    assert status == 2 and one_error_line(err) == f"error: {tmp_path / 'none.h5'}: weights file not found"
+    assert sorted(os.listdir(tmp_path)) == ["afile"]  # the output folders it made are gone again
+
+
+def test_writers_report_an_output_that_cannot_be_written(dataset, tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    assert run(capsys, "convert", "voc2coco", dataset, tmp_path / "d.json")[0] == 0
+    cases = [
+        (["convert", "voc2coco", dataset], "/proc/ssd300-x/out.json", "the COCO JSON"),
+        (["convert", "voc2coco", dataset], tmp_path / "adir", "the COCO JSON"),
+        (["convert", "coco2voc", tmp_path / "d.json", "--images", dataset / "JPEGImages"], tmp_path / "afile",
+         "the VOC dataset"),
+        (["convert", "coco2voc", tmp_path / "d.json", "--images", dataset / "JPEGImages"], "/proc/ssd300-x/voc",
+         "the VOC dataset"),
+        (["priors", "--size", 32], "/proc/ssd300-x/p.pkl", "the priors"),
+        (["priors", "--size", 32], tmp_path / "adir", "the priors"),
+        (["synth", "--images", 2], "/proc/ssd300-x/s", "the dataset"),
+        (["synth", "--images", 2], tmp_path / "afile" / "s", "the dataset"),
+    ]
+    for args, out, what in cases:
+        command = [*args[:3], out, *args[3:]] if args[0] == "convert" else [args[0], out, *args[1:]]
+        status, _, err = run(capsys, *command)
+        assert status == 2, (command, err)
+        assert one_error_line(err).startswith(f"error: {out}: cannot write {what}"), (command, err)
+    assert sorted(os.listdir(tmp_path)) == ["adir", "afile", "d.json"] and not os.listdir(tmp_path / "adir")
+
+
+def test_bad_class_counts_and_sizes_are_refused_by_the_parser(tmp_path, capsys):
+    for argv, message in [
+        (["info", "--num-classes", "1"], "argument --num-classes: must be at least 2 (the classes counting "
+                                         "the background), got 1"),
+        (["export", "--weights", "w.h5", "--format", "onnx", "--out", "x.onnx", "--num-classes", "1"],
+         "argument --num-classes: must be at least 2"),
+        (["info", "--size", "8"], "argument --size: must be at least 32 (SSD300's five poolings), got 8"),
+        (["priors", str(tmp_path / "p.pkl"), "--size", "16"], "argument --size: must be at least 32"),
+    ]:
+        status, _, err = run(capsys, *argv)
+        assert status == 2 and message in err.strip().splitlines()[-1], (argv, err)
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_reads_the_check_pictures_before_exporting(tmp_path, capsys, monkeypatch):
+    import ssd300.export
+
+    def export_started(*args, **kwargs):
+        raise AssertionError("the export started")
+
+    monkeypatch.setattr(ssd300.export, "export_detector", export_started)
+    good = picture(tmp_path / "good.jpg", 20, 20)
+    (tmp_path / "garbage.jpg").write_bytes(b"garbage")
+    status, _, err = run(capsys, "export", "--weights", tmp_path / "none.h5", "--format", "onnx",
+                         "--out", tmp_path / "x.onnx", "--check", good, tmp_path / "garbage.jpg")
+    assert status == 2 and one_error_line(err).startswith(f"error: {tmp_path / 'garbage.jpg'}: not a readable image")
+    assert sorted(os.listdir(tmp_path)) == ["garbage.jpg", "good.jpg"]
+
+
+def test_os_errors_name_the_output_written_or_the_input_read(tmp_path):
+    import errno
+
+    from ssd300.cli import _writing
+    from ssd300.errors import UserError
+
+    out = tmp_path / "VOC"
+    written = f"{out}: cannot write the VOC dataset (Permission denied)"
+    for culprit, message in [
+        (out, written),
+        (out / "JPEGImages" / "1.jpg", written),
+        (tmp_path, written),  # a folder above it, made for it
+        (tmp_path / "VOC.tmp123.json", written),  # atomic_path's temporary file beside it
+        (tmp_path / ".synth-x1", written),  # a hidden temporary folder beside it
+        (None, written),
+        (tmp_path / "images" / "1.jpg", f"{tmp_path / 'images' / '1.jpg'}: cannot read (Permission denied)"),
+        (tmp_path / "VOC2", f"{tmp_path / 'VOC2'}: cannot read (Permission denied)"),
+    ]:
+        with pytest.raises(UserError) as info, _writing(out, "the VOC dataset"):
+            raise PermissionError(errno.EACCES, "Permission denied", *([str(culprit)] if culprit else []))
+        assert str(info.value) == message, culprit
+    with pytest.raises(UserError, match=r"^S already exists \(pass --overwrite\)$"), _writing(out, "x"):
+        raise FileExistsError("S already exists (pass --overwrite)")

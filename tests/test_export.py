@@ -126,7 +126,12 @@ def exported_decoder(decoder, folder, format):
 @pytest.mark.parametrize("format", [
     "tf_saved_model", "litert", pytest.param("onnx", marks=pytest.mark.slow)])
 def test_exported_decoder_gives_the_layers_detections(decoder, tmp_path, format):
-    path = exported_decoder(decoder, tmp_path, format)
+    path = export_detector(decoder, tmp_path / f"decoder{SUFFIX[format]}", format, classes=("a", "b", "c"))
+    if format == "onnx":  # the class count (C, the background included) and the names are recorded
+        import onnx
+
+        assert {p.key: p.value for p in onnx.load(path).metadata_props} == {
+            "num_classes": str(C), "class_names": '["a", "b", "c"]'}
     for seed, batch in ((0, 3), (1, 1)):  # the batch size is free
         predictions = decoder_inputs(seed, batch)
         expected = decoder.predict_on_batch(predictions)
@@ -284,3 +289,126 @@ def test_onnx_detector_refuses_other_files(tmp_path):
               tmp_path / "identity.onnx")
     with pytest.raises(OnnxModelError, match="identity.onnx: not an SSD detector exported by"):
         OnnxDetector(tmp_path / "identity.onnx")
+
+
+# --- the class count an ONNX file records, and reads back ----------------------------------------
+
+#: The fake detector's detections: labels, scores, normalised boxes (and one padding row).
+FAKE_LABELS, FAKE_SCORES = (1, 4), (0.9, 0.6)
+FAKE_BOXES = ((0.1, 0.2, 0.5, 0.6), (0.25, 0.5, 0.75, 1.0))
+
+
+def fake_onnx_detector(path, logits=None, metadata=None, size=(8, 8)):
+    """A tiny ONNX file with an exported detector's input and outputs (no network).
+
+    Any batch of ``(N, h, w, 3)`` uint8 images gives the same detections for
+    each image: ``FAKE_LABELS`` / ``FAKE_SCORES`` / ``FAKE_BOXES`` and a
+    padding row (label -1).
+
+    Args:
+        logits: ``(num_priors, num_classes)``: also a constant ``Reshape`` to
+            ``(-1, num_priors, num_classes)`` feeding one ``Softmax``, as an
+            exported SSD's class scores (an extra output ``probabilities``).
+        metadata: ``metadata_props`` to record.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    k = len(FAKE_LABELS) + 1
+    values = {"boxes": np.array([[*FAKE_BOXES, (0, 0, 0, 0)]], np.float32),
+              "scores": np.array([[*FAKE_SCORES, 0]], np.float32),
+              "classes": np.array([[*FAKE_LABELS, -1]], np.int32),
+              "num_detections": np.array([len(FAKE_LABELS)], np.int32)}
+    tail = {"boxes": [k, 4], "scores": [k], "classes": [k], "num_detections": []}
+    inits = [numpy_helper.from_array(v, f"{name}_value") for name, v in values.items()]
+    inits += [numpy_helper.from_array(np.array(t, np.int64), f"{name}_tail") for name, t in tail.items()]
+    inits += [numpy_helper.from_array(np.array([0], np.int64), "zero"),
+              numpy_helper.from_array(np.array([1], np.int64), "one")]
+    nodes = [helper.make_node("Shape", ["images"], ["image_shape"]),
+             helper.make_node("Slice", ["image_shape", "zero", "one"], ["batch"])]
+    for name in values:  # every output: the constant repeated over the batch
+        nodes += [helper.make_node("Concat", ["batch", f"{name}_tail"], [f"{name}_shape"], axis=0),
+                  helper.make_node("Expand", [f"{name}_value", f"{name}_shape"], [name])]
+    dtype = {"classes": TensorProto.INT32, "num_detections": TensorProto.INT32}
+    outputs = [helper.make_tensor_value_info(name, dtype.get(name, TensorProto.FLOAT), ["N", *tail[name]])
+               for name in values]
+    if logits is not None:
+        logits = np.asarray(logits, np.float32)
+        inits += [numpy_helper.from_array(logits.reshape(1, -1), "flat_logits"),
+                  numpy_helper.from_array(np.array([-1, *logits.shape], np.int64), "logits_shape")]
+        nodes += [helper.make_node("Reshape", ["flat_logits", "logits_shape"], ["logits"]),
+                  helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1)]
+        outputs.append(helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [1, *logits.shape]))
+    graph = helper.make_graph(nodes, "fake_detector",
+                              [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", *size, 3])],
+                              outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if metadata:
+        helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path
+
+
+def test_onnx_metadata_is_written_without_changing_the_graph(tmp_path):
+    import onnx
+
+    from ssd300.export import _write_onnx_metadata
+    from ssd300.onnx_runtime import OnnxDetector
+
+    path = fake_onnx_detector(tmp_path / "m.onnx", metadata={"producer_note": "kept"})
+    before = onnx.load(path)
+    _write_onnx_metadata(path, 5, ["w", "x", "y", "zé"])
+    after = onnx.load(path)
+    assert after.graph.SerializeToString() == before.graph.SerializeToString()
+    assert {p.key: p.value for p in after.metadata_props} == {
+        "producer_note": "kept", "num_classes": "5", "class_names": '["w", "x", "y", "zé"]'}
+    detector = OnnxDetector(path)
+    assert (detector.num_classes, detector.class_names, detector.classes) == (5, ("w", "x", "y", "zé"),
+                                                                            ("w", "x", "y", "zé"))
+    image = np.zeros((30, 40, 3), np.uint8)
+    (det,) = detector.detect_arrays([image])
+    np.testing.assert_array_equal(det[:, 0], FAKE_LABELS)
+    np.testing.assert_allclose(det[:, 2:], np.array(FAKE_BOXES) * [40, 30, 40, 30], rtol=1e-6)
+    # Re-recorded without names: the count only.
+    _write_onnx_metadata(path, 3)
+    assert (OnnxDetector(path).num_classes, OnnxDetector(path).class_names) == (3, None)
+
+
+def test_onnx_class_count_from_metadata_graph_or_labels(tmp_path):
+    from ssd300.onnx_runtime import OnnxDetector, OnnxModelError, num_classes_from_graph
+
+    image = np.zeros((20, 20, 3), np.uint8)
+    recorded = OnnxDetector(fake_onnx_detector(tmp_path / "r.onnx", metadata={"num_classes": "5"}))
+    assert (recorded.num_classes, recorded.class_names, recorded.classes) == (5, None, None)
+    with pytest.raises(OnnxModelError, match=r"r\.onnx detects 4 classes \+ background, but 2 class names "
+                                             r"were given \(a, b\); pass --classes FILE with 4 names"):
+        recorded.set_classes(["a", "b"])
+    # Exported before the metadata: the count from the graph (one Softmax over (-1, priors, classes)).
+    old = fake_onnx_detector(tmp_path / "old.onnx", logits=np.zeros((6, 5)))
+    assert num_classes_from_graph(old) == 5 and OnnxDetector(old).num_classes == 5
+    with pytest.raises(OnnxModelError, match=r"old\.onnx detects 4 classes \+ background, but 3 class"):
+        OnnxDetector(old, classes=["a", "b", "c"])
+    # Neither: every label is checked against the names.
+    bare = fake_onnx_detector(tmp_path / "bare.onnx")
+    assert num_classes_from_graph(bare) is None
+    detector = OnnxDetector(bare, classes=["a", "b", "c"])
+    assert detector.num_classes is None
+    with pytest.raises(OnnxModelError, match=r"bare\.onnx detected label 4, but only 3 class names were "
+                                             r"given; the model .* has at least 4 classes"):
+        detector.detect_arrays([image])
+    detector.set_classes(["a", "b", "c", "d"])
+    assert [int(d) for d in detector.detect_arrays([image])[0][:, 0]] == list(FAKE_LABELS)
+    for metadata, message in (({"num_classes": "1"}, r"num_classes must be an integer >= 2.*got '1'"),
+                              ({"num_classes": "five"}, r"got 'five'"),
+                              ({"num_classes": "3", "class_names": '["a"]'},
+                               r"class_names is not a JSON list of 2 names"),
+                              ({"num_classes": "3", "class_names": "a,b"}, r"not a JSON list")):
+        with pytest.raises(OnnxModelError, match=message):
+            OnnxDetector(fake_onnx_detector(tmp_path / "broken.onnx", metadata=metadata))
+
+
+def test_export_refuses_class_names_of_another_length(decoder, tmp_path):
+    with pytest.raises(ExportError, match=r"2 class names given for a model of 3 classes \+ background"):
+        export_detector(decoder, tmp_path / "x.onnx", "onnx", classes=["a", "b"])
+    assert listing(tmp_path) == []

@@ -277,21 +277,26 @@ def test_corrupt_frame_stops_there(avi, detector, tmp_path):
     assert [r["frame"] for r in read_jsonl(tmp_path / "c.jsonl")] == list(range(6))
 
 
-def test_missing_and_non_video_files(detector, tmp_path):
-    with pytest.raises(UserError, match=r"nope\.mp4: video not found"):
-        detect_video(detector, tmp_path / "nope.mp4", tmp_path / "o.mp4", progress=False)
+def test_missing_and_non_video_files(clip, detector, tmp_path):
+    """A video file that cannot be read is a VideoReadError (what ``ssd300 detect`` reports and skips),
+    with nothing written and no result."""
     text = tmp_path / "notes.mp4"
     text.write_text("not a video\n" * 100)
-    with pytest.raises(UserError, match=r"notes\.mp4: not a readable video"):
-        detect_video(detector, text, tmp_path / "o.mp4", tmp_path / "o.jsonl", progress=False)
-    with pytest.raises(UserError, match="is a folder"):
-        detect_video(detector, tmp_path, tmp_path / "o.mp4", progress=False)
+    for source, message in ((tmp_path / "nope.mp4", r"nope\.mp4: video not found"),
+                            (text, r"notes\.mp4: not a readable video \(OpenCV cannot open it\)"),
+                            (tmp_path, r": is a folder, not a video"),
+                            (clip, rf"clip\.mp4: start_frame 99 is past the last frame \({FRAMES} frames\)")):
+        with pytest.raises(VideoReadError, match=message) as info:
+            detect_video(detector, source, tmp_path / "o.mp4", tmp_path / "o.jsonl", progress=False,
+                         start_frame=99 if source == clip else 0)
+        assert info.value.result is None
     assert_only(tmp_path, ["notes.mp4"])
 
 
 def test_camera_that_is_not_there(detector, tmp_path):
-    with pytest.raises(UserError, match="camera 99: no camera at this index"):
+    with pytest.raises(UserError, match="camera 99: no camera at this index") as info:
         detect_video(detector, 99, tmp_path / "cam.mp4", progress=False)
+    assert not isinstance(info.value, VideoReadError)  # an option's error, not an input to skip
     with pytest.raises(UserError, match="camera index must be >= 0"):
         detect_video(detector, -1, tmp_path / "cam.mp4", progress=False)
     assert_only(tmp_path, [])
