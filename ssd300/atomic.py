@@ -21,3 +21,29 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def missing_folders(path):
+    """The folders that ``os.makedirs(path)`` would create, outermost first (absolute paths)."""
+    missing = []
+    folder = os.path.abspath(path)
+    while not os.path.lexists(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing[::-1]
+
+
+def remove_empty_folders(folders):
+    """Undo ``os.makedirs`` for ``folders`` (outermost first, as :func:`missing_folders` gives them).
+
+    Removes them deepest first, and stops at the first that is not empty (or
+    is gone): its parents are not empty either.
+    """
+    for folder in reversed(folders):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return

@@ -21,6 +21,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # Keras and TensorFlow take seconds to import: each command imports what it
 # needs, so that ``--help`` and the NumPy-only commands start at once.
+from .atomic import missing_folders, remove_empty_folders  # noqa: E402
 from .errors import UserError  # noqa: E402
 
 RECIPE_HELP = {
@@ -299,31 +300,19 @@ def _output_folder(path):
     folders it created that are still empty (every input failed, or the block failed)."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{path}: cannot create the output folder: a file of that name exists")
-    created, folder = [], os.path.abspath(path)
-    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
-        created.append(folder)
-        folder = os.path.dirname(folder)
+    created = missing_folders(path)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise UserError(f"{path}: cannot create the output folder ({e.strerror or e})") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise UserError(f"{path}: the output folder is not writable")
     try:
         yield path
     finally:
-        _remove_empty(created)
-
-
-def _remove_empty(folders):
-    """Remove each of ``folders`` (deepest first) that is empty."""
-    for folder in folders:
-        try:
-            os.rmdir(folder)
-        except OSError:
-            return  # not empty (or gone): neither are its parents
+        remove_empty_folders(created)
 
 
 def _detector(args, classes, classes_given=True):

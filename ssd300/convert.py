@@ -31,7 +31,7 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, missing_folders, remove_empty_folders
 from .coco import find_coco_split, load_coco
 from .errors import UserError
 from .voc import XML_preprocessor, read_classes_file, read_split
@@ -51,19 +51,6 @@ def _annotations_dir(voc_root):
     raise UserError(f"{path}: VOC folder not found")
 
 
-def _missing_folders(folder):
-    """The folders that ``os.makedirs(folder)`` would create, outermost first."""
-    missing = []
-    folder = os.path.abspath(folder)
-    while not os.path.lexists(folder):
-        missing.append(folder)
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return missing[::-1]
-
-
 def _check_target(path, folder, what):
     """Refuse, before any work, an output that cannot be created where it is asked for.
 
@@ -79,7 +66,7 @@ def _check_target(path, folder, what):
         raise UserError(f"{path}: cannot write {what} (a file of that name exists; a folder is needed)")
     if not folder and os.path.isdir(path):
         raise UserError(f"{path}: cannot write {what} (it is a folder)")
-    missing = _missing_folders(path)
+    missing = missing_folders(path)
     existing = os.path.dirname(missing[0]) if missing else os.path.dirname(os.path.abspath(path))
     if existing and not os.path.isdir(existing):
         raise UserError(f"{path}: cannot write {what} ({existing} is a file, not a folder)")
@@ -186,7 +173,7 @@ def voc_to_coco(voc_root, out_json, classes=None, split=None, on_error="raise"):
         "images": images,
         "annotations": annotations,
     }
-    created = _missing_folders(os.path.dirname(os.path.abspath(out_json)))
+    created = missing_folders(os.path.dirname(os.path.abspath(out_json)))
     try:
         os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
         with atomic_path(out_json) as tmp, open(tmp, "w", encoding="utf8") as f:
@@ -327,7 +314,7 @@ def coco_to_voc(annotation_file, image_dir, out_root, classes=None, split="train
     created = []  # files and folders this call made, in order, removed again on an error
     try:
         for folder in (ann_dir, img_dir, sets_dir):
-            created += _missing_folders(folder)
+            created += missing_folders(folder)
             os.makedirs(folder, exist_ok=True)
         objects = 0
         for name, image_id, jpeg_name in zip(names, ids, jpeg_names):

@@ -13,6 +13,7 @@ import tempfile
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .atomic import missing_folders, remove_empty_folders
 from .box_ops import pairwise_iou
 from .errors import UserError
 
@@ -173,11 +174,8 @@ def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_
         raise UserError(f"{given}: cannot write the dataset (a file of that name exists; "
                         "overwrite replaces only a dataset folder)")
     parent = os.path.dirname(out_dir)
-    made = []  # the folders above out_dir that this call creates, outermost first
-    folder = parent
-    while not os.path.lexists(folder):
-        made.insert(0, folder)
-        folder = os.path.dirname(folder)
+    made = missing_folders(parent)  # the folders above out_dir that this call creates
+    folder = os.path.dirname(made[0]) if made else os.path.abspath(parent)
     if not os.path.isdir(folder):
         raise UserError(f"{given}: cannot write the dataset ({folder} is a file, not a folder)")
     work = None
@@ -215,11 +213,7 @@ def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_
     except BaseException as e:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-        for folder in reversed(made):
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass  # not empty or not there
+        remove_empty_folders(made)
         if isinstance(e, OSError):
             raise UserError(f"{given}: cannot write the dataset ({e.strerror or e})") from None
         raise

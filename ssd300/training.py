@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import keras
 
-from .atomic import atomic_path
+from .atomic import atomic_path, missing_folders, remove_empty_folders
 from .callbacks import Checkpointer, DataEpoch, ProgressBar, StopOnNaN, TimeLimit, save_last
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries
 from .datasets import load_training_data
@@ -299,7 +299,7 @@ def fit(config):
     chief = run is None or run.is_chief
     keras.utils.set_random_seed(config.seed)
     data = load_training_data(config)
-    made = _missing_folders(config.out)
+    made = missing_folders(config.out)
     try:
         os.makedirs(config.out, exist_ok=True)
     except OSError as e:
@@ -317,22 +317,8 @@ def fit(config):
         if state["epoch"] == start_epoch:  # no epoch of this run was saved: undo what it wrote
             if chief:
                 classes_file.restore()
-            for folder in reversed(made):
-                try:
-                    os.rmdir(folder)
-                except OSError:
-                    pass  # not empty (a TensorBoard log), or another process removed it
+            remove_empty_folders(made)  # not one that holds a TensorBoard log
         raise
-
-
-def _missing_folders(folder):
-    """The folders that ``os.makedirs(folder)`` would create, outermost first."""
-    missing = []
-    folder = os.path.abspath(folder)
-    while not os.path.lexists(folder):
-        missing.insert(0, folder)
-        folder = os.path.dirname(folder)
-    return missing
 
 
 class _RevertibleFile:
