@@ -383,36 +383,6 @@ def _cmd_export(args):
     return 0
 
 
-@contextlib.contextmanager
-def _writing(out, what):
-    """Turn an ``OSError`` of the block, which writes ``out``, into a one-line :class:`UserError`.
-
-    An error on a file that is neither ``out``, nor in it, nor one of its
-    folders, nor a temporary file beside it was a read of an input, and is
-    named as such. A ``FileExistsError`` raised with a message of its own (no
-    errno: "already exists, pass --overwrite") keeps it.
-    """
-    try:
-        yield
-    except OSError as e:
-        if e.errno is None:
-            raise UserError(str(e)) from None
-        reason = e.strerror or str(e)
-        culprits = [os.fspath(f) for f in (e.filename, e.filename2) if f is not None]
-        if culprits and not any(_belongs_to(f, out) for f in culprits):
-            raise UserError(f"{culprits[0]}: cannot read ({reason})") from None
-        raise UserError(f"{out}: cannot write {what} ({reason})") from None
-
-
-def _belongs_to(path, out):
-    """Whether writing ``out`` touches ``path``: ``out``, inside it, a folder above it, or a temporary
-    file beside it (``atomic_path``'s ``<stem>.tmp<pid>``, or a hidden one)."""
-    path, out = os.path.abspath(path), os.path.abspath(out)
-    name, stem = os.path.basename(path), os.path.splitext(os.path.basename(out))[0]
-    beside = os.path.dirname(path) == os.path.dirname(out) and (name.startswith(f"{stem}.tmp") or name[:1] == ".")
-    return path == out or path.startswith(out + os.sep) or out.startswith(path.rstrip(os.sep) + os.sep) or beside
-
-
 def _cmd_info(args):
     from .priors import priors_from_model
     from .ssd_v2 import SSD300
@@ -429,8 +399,7 @@ def _cmd_priors(args):
     from .ssd_v2 import SSD300
 
     priors = priors_from_model(SSD300((args.size, args.size, 3)))
-    with _writing(args.out, "the priors"):
-        save_priors(priors, args.out)
+    save_priors(priors, args.out)
     print(f"wrote {len(priors)} priors to {args.out}")
     return 0
 
@@ -439,9 +408,8 @@ def _cmd_synth(args):
     from .synth import make_synthetic_voc
 
     try:
-        with _writing(args.out, "the dataset"):
-            out = make_synthetic_voc(args.out, images=args.images, seed=args.seed, overwrite=args.overwrite)
-    except ValueError as e:
+        out = make_synthetic_voc(args.out, images=args.images, seed=args.seed, overwrite=args.overwrite)
+    except (FileExistsError, ValueError) as e:
         raise UserError(str(e)) from None
     print(f"wrote {args.images} images to {out}")
     return 0
@@ -463,8 +431,7 @@ def _cmd_evaluate(args):
         by_id, result = detector.evaluate_voc(args.voc_root, dataset, args.batch_size,
                                               use_07_metric=not args.voc2010_metric, progress=True)
         print(format_ap_table(result, classes))
-        with _writing(args.out, "the devkit result files"):
-            files = write_devkit_results(by_id, classes, args.out, prefix=f"comp4_det_{args.split}_")
+        files = write_devkit_results(by_id, classes, args.out, prefix=f"comp4_det_{args.split}_")
     print(f"devkit result files: {os.path.dirname(files[0])}/comp4_det_{args.split}_<class>.txt")
     return 0
 
@@ -497,14 +464,13 @@ def _cmd_convert(args):
     from .convert import coco_root_to_voc, coco_to_voc, voc_to_coco
 
     classes = _classes(args.classes) if args.classes else None
-    with _writing(args.out, "the COCO JSON" if args.direction == "voc2coco" else "the VOC dataset"):
-        if args.direction == "voc2coco":
-            counts = voc_to_coco(args.source, args.out, classes=classes, split=args.split)
-        elif os.path.isdir(args.source):
-            counts = coco_root_to_voc(args.source, args.out, classes=classes, link=args.link)
-        else:
-            counts = coco_to_voc(args.source, args.images or os.path.dirname(os.path.abspath(args.source)),
-                                 args.out, classes=classes, split=args.split or "train", link=args.link)
+    if args.direction == "voc2coco":
+        counts = voc_to_coco(args.source, args.out, classes=classes, split=args.split)
+    elif os.path.isdir(args.source):
+        counts = coco_root_to_voc(args.source, args.out, classes=classes, link=args.link)
+    else:
+        counts = coco_to_voc(args.source, args.images or os.path.dirname(os.path.abspath(args.source)),
+                             args.out, classes=classes, split=args.split or "train", link=args.link)
     print(f"wrote {args.out}: {counts}")
     return 0
 

@@ -14,6 +14,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .box_ops import iou
+from .errors import UserError
 from .voc import AnnotationError
 
 _CHUNK = 200_000
@@ -278,7 +279,17 @@ def write_devkit_results(detections, classes, out_dir, prefix="comp4_det_test_")
 
     Returns:
         the list of files written.
+
+    Raises:
+        UserError: ``out_dir`` cannot be created or written (names it and the reason).
     """
+    try:
+        return _write_devkit_results(detections, classes, out_dir, prefix)
+    except OSError as e:
+        raise UserError(f"{out_dir}: cannot write the devkit result files ({e.strerror or e})") from None
+
+
+def _write_devkit_results(detections, classes, out_dir, prefix):
     os.makedirs(out_dir, exist_ok=True)
     lines = {label: [] for label in range(1, len(classes) + 1)}
     for image_id, det in detections.items():

@@ -505,28 +505,3 @@ def test_export_reads_the_check_pictures_before_exporting(tmp_path, capsys, monk
                          "--out", tmp_path / "x.onnx", "--check", good, tmp_path / "garbage.jpg")
     assert status == 2 and one_error_line(err).startswith(f"error: {tmp_path / 'garbage.jpg'}: not a readable image")
     assert sorted(os.listdir(tmp_path)) == ["garbage.jpg", "good.jpg"]
-
-
-def test_os_errors_name_the_output_written_or_the_input_read(tmp_path):
-    import errno
-
-    from ssd300.cli import _writing
-    from ssd300.errors import UserError
-
-    out = tmp_path / "VOC"
-    written = f"{out}: cannot write the VOC dataset (Permission denied)"
-    for culprit, message in [
-        (out, written),
-        (out / "JPEGImages" / "1.jpg", written),
-        (tmp_path, written),  # a folder above it, made for it
-        (tmp_path / "VOC.tmp123.json", written),  # atomic_path's temporary file beside it
-        (tmp_path / ".synth-x1", written),  # a hidden temporary folder beside it
-        (None, written),
-        (tmp_path / "images" / "1.jpg", f"{tmp_path / 'images' / '1.jpg'}: cannot read (Permission denied)"),
-        (tmp_path / "VOC2", f"{tmp_path / 'VOC2'}: cannot read (Permission denied)"),
-    ]:
-        with pytest.raises(UserError) as info, _writing(out, "the VOC dataset"):
-            raise PermissionError(errno.EACCES, "Permission denied", *([str(culprit)] if culprit else []))
-        assert str(info.value) == message, culprit
-    with pytest.raises(UserError, match=r"^S already exists \(pass --overwrite\)$"), _writing(out, "x"):
-        raise FileExistsError("S already exists (pass --overwrite)")

@@ -274,3 +274,14 @@ def test_evaluate_voc_scores_in_the_annotation_frame(tmp_path):
     assert sizes == [(100, 200)]
     np.testing.assert_allclose(found[0][0, 2:], [10, 40, 50, 120])
     assert abs(stored_left_to_right(detector.batches[0][0])) < 20
+
+
+def test_devkit_results_that_cannot_be_written_name_the_folder(tmp_path):
+    from ssd300.errors import UserError
+
+    (tmp_path / "afile").write_text("x")
+    detections = {"000001": np.array([[1, 0.9, 10, 20, 30, 40]])}
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'afile'}: cannot write the devkit result files \("):
+        write_devkit_results(detections, ["dog"], tmp_path / "afile")
+    assert write_devkit_results(detections, ["dog"], tmp_path / "out") == [str(tmp_path / "out" / "comp4_det_test_dog.txt")]
+    assert (tmp_path / "out" / "comp4_det_test_dog.txt").read_text() == "000001 0.900000 10.0 20.0 30.0 40.0\n"
