@@ -9,25 +9,26 @@ from .priors import priors_from_model
 from .ssd_utils import BBoxUtility
 
 
-class Detector:
-    """A model with its ``BBoxUtility``, applied to image files.
+class PictureDetector:
+    """What every detector does with pictures, given a batch's normalised detections.
 
-    Args:
-        model: an SSD model (``SSD300v2``).
-        classes: class names without the background.
-        confidence_threshold, nms_thresh, top_k, keep_top_k: as for
-            ``BBoxUtility.detection_out``.
+    A subclass sets ``input_size`` (``(height, width)`` of its input) and
+    implements :meth:`detect_batch`; this class resizes the pictures, puts the
+    boxes in each picture's pixel frame and reads files (see
+    :class:`Detector` for Keras weights and
+    :class:`ssd300.onnx_runtime.OnnxDetector` for an exported ONNX file).
     """
 
-    def __init__(self, model, classes, confidence_threshold=0.01, nms_thresh=0.45, top_k=400,
-                 keep_top_k=200):
-        self.model = model
-        self.classes = tuple(classes)
-        self.input_size = tuple(model.input_shape[1:3])
-        self.bbox_util = BBoxUtility(len(self.classes) + 1, priors_from_model(model),
-                                     nms_thresh=nms_thresh, top_k=top_k)
-        self.confidence_threshold = confidence_threshold
-        self.keep_top_k = keep_top_k
+    input_size = None
+
+    def detect_batch(self, batch):
+        """Detections for ``(B, h, w, 3)`` uint8 RGB at ``input_size``.
+
+        Returns:
+            a list of ``B`` ``(K, 6)`` ``[label, score, xmin, ymin, xmax,
+            ymax]`` arrays, boxes normalised, by decreasing score.
+        """
+        raise NotImplementedError
 
     def detect_arrays(self, images, sizes=None):
         """Detections for RGB uint8 arrays of any sizes.
@@ -47,14 +48,13 @@ class Detector:
             return []
         if sizes is None:
             sizes = [None] * len(images)
-        batch = preprocess_input(np.stack([resize(np.asarray(im), self.input_size) for im in images]))
-        predictions = np.asarray(self.model.predict(batch, verbose=0))
-        results = self.bbox_util.detection_out(predictions, keep_top_k=self.keep_top_k,
-                                               confidence_threshold=self.confidence_threshold)
+        if len(sizes) != len(images):
+            raise ValueError(f"{len(images)} images but {len(sizes)} sizes")
+        batch = np.stack([resize(np.asarray(im), self.input_size) for im in images])
         out = []
-        for image, size, det in zip(images, sizes, results):
+        for image, size, det in zip(images, sizes, self.detect_batch(batch)):
             w, h = size if size is not None else np.asarray(image).shape[1::-1]  # (W, H) of (H, W, 3)
-            det = det.copy()
+            det = np.array(det, dtype=np.float64)
             det[:, 2:6] *= [w, h, w, h]
             out.append(det)
         return out
@@ -138,3 +138,29 @@ class Detector:
         detections = {ids[k]: d for k, d in zip(keys, found)}
         result = evaluate_detections(detections, ground_truth, use_07_metric=use_07_metric)
         return detections, result
+
+
+class Detector(PictureDetector):
+    """A model with its ``BBoxUtility``, applied to image files.
+
+    Args:
+        model: an SSD model (``SSD300v2``).
+        classes: class names without the background.
+        confidence_threshold, nms_thresh, top_k, keep_top_k: as for
+            ``BBoxUtility.detection_out``.
+    """
+
+    def __init__(self, model, classes, confidence_threshold=0.01, nms_thresh=0.45, top_k=400,
+                 keep_top_k=200):
+        self.model = model
+        self.classes = tuple(classes)
+        self.input_size = tuple(model.input_shape[1:3])
+        self.bbox_util = BBoxUtility(len(self.classes) + 1, priors_from_model(model),
+                                     nms_thresh=nms_thresh, top_k=top_k)
+        self.confidence_threshold = confidence_threshold
+        self.keep_top_k = keep_top_k
+
+    def detect_batch(self, batch):
+        predictions = np.asarray(self.model.predict(preprocess_input(batch), verbose=0))
+        return self.bbox_util.detection_out(predictions, keep_top_k=self.keep_top_k,
+                                            confidence_threshold=self.confidence_threshold)

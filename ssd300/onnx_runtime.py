@@ -25,7 +25,8 @@ import os
 import numpy as np
 
 from .errors import UserError
-from .image_io import open_rgb, preprocess_input, resize
+from .detect import PictureDetector
+from .image_io import preprocess_input
 
 
 class OnnxModelError(UserError):
@@ -40,8 +41,12 @@ _OUTPUTS = ("boxes", "scores", "classes", "num_detections")
 NUM_CLASSES_KEY, CLASS_NAMES_KEY = "num_classes", "class_names"
 
 
-class OnnxDetector:
+class OnnxDetector(PictureDetector):
     """An exported ONNX detector applied to RGB images of any size.
+
+    Pictures, files and VOC folders are read and scored as by
+    :class:`ssd300.detect.Detector` (``detect_arrays``, ``detect_files``,
+    ``evaluate_voc``, with their ``sizes``).
 
     Args:
         path: the ``.onnx`` file.
@@ -120,31 +125,26 @@ class OnnxDetector:
         values = self.session.run(list(_OUTPUTS), {self.input_name: batch})
         return dict(zip(_OUTPUTS, values))
 
-    def detect_arrays(self, images):
-        """Detections for RGB ``uint8`` arrays ``(H, W, 3)`` of any sizes.
+    def detect_batch(self, batch):
+        """Detections for ``(B, h, w, 3)`` uint8 RGB at ``input_size``.
 
         Returns:
             a list of ``(K, 6)`` float64 ``[label, score, xmin, ymin, xmax,
-            ymax]`` in pixels of each image, by decreasing score, as
-            ``Detector.detect_arrays``.
+            ymax]``, boxes normalised, by decreasing score, as
+            ``Detector.detect_batch``.
 
         Raises:
             OnnxModelError: a label past ``classes`` (only possible when the
                 model's class count is unknown).
         """
-        if not len(images):
-            return []
-        batch = np.stack([resize(np.asarray(im), self.input_size) for im in images])
         out = self.run(batch)
         results = []
-        for i, image in enumerate(images):
-            h, w = np.asarray(image).shape[:2]
+        for i in range(len(batch)):
             n = int(out["num_detections"][i])
             det = np.empty((n, 6))
             det[:, 0] = out["classes"][i, :n]
             det[:, 1] = out["scores"][i, :n]
             det[:, 2:] = out["boxes"][i, :n]
-            det[:, 2:6] *= [w, h, w, h]
             results.append(det)
         self._check_labels(results)
         return results
@@ -159,20 +159,6 @@ class OnnxDetector:
                 f"{self.path} detected label {top}, but only {len(self.classes)} class names were given; "
                 f"the model (which records no class count) has at least {top} classes: pass "
                 f"--classes FILE with all its class names, in the order the model was trained with")
-
-    def detect_files(self, paths, batch_size=8):
-        """``(detections, sizes)`` for image files, read in batches; sizes are ``(width, height)``.
-
-        Raises:
-            ImageError: a file is missing or unreadable (names the file).
-        """
-        paths = [os.fspath(p) for p in paths]
-        detections, sizes = [], []
-        for start in range(0, len(paths), batch_size):
-            images = [np.asarray(open_rgb(p)) for p in paths[start:start + batch_size]]
-            detections.extend(self.detect_arrays(images))
-            sizes.extend((im.shape[1], im.shape[0]) for im in images)
-        return detections, sizes
 
 
 def _recorded_classes(path, metadata):

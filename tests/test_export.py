@@ -269,6 +269,14 @@ def test_onnx_runtime_detector_equals_detector(ssd, exported, photos):
     for g, f in zip(got, files):
         np.testing.assert_array_equal(g[:, 0], f[:, 0])
         np.testing.assert_allclose(g[:, 1:], f[:, 1:], rtol=1e-5)
+    # Given frames (an annotation's size), boxes come in them, as from the Keras detector.
+    frames = [(2 * p.shape[1], 3 * p.shape[0]) for p in photos]
+    framed, framed_sizes = onnx.detect_files(PICS, batch_size=2, sizes=frames)
+    assert framed_sizes == frames
+    for f, g in zip(framed, files):
+        np.testing.assert_allclose(f[:, 2:], g[:, 2:] * [2, 3, 2, 3], rtol=1e-12)
+    with pytest.raises(ValueError, match="5 images but 1 sizes"):
+        onnx.detect_arrays(photos, sizes=[(1, 1)])
 
 
 def test_onnx_detector_refuses_other_files(tmp_path):
