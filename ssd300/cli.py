@@ -493,6 +493,26 @@ def _stem(path):
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def _folder_inputs(inputs):
+    """``inputs`` with each folder replaced by its pictures and videos (by extension, in name order,
+    not its sub-folders or hidden files); ``(paths, empty_folders)``."""
+    from .image_io import picture_extensions
+    from .video import VIDEO_EXTENSIONS
+
+    known = picture_extensions() | VIDEO_EXTENSIONS
+    paths, empty = [], []
+    for path in inputs:
+        if not os.path.isdir(path):
+            paths.append(path)
+            continue
+        found = sorted(e.path for e in os.scandir(path) if e.is_file() and not e.name.startswith(".")
+                       and os.path.splitext(e.name)[1].lower() in known)
+        paths.extend(found)
+        if not found:
+            empty.append(path)
+    return paths, empty
+
+
 def _cmd_detect(args):
     from .atomic import atomic_path
     from .image_io import ImageError, open_rgb
@@ -503,8 +523,13 @@ def _cmd_detect(args):
         raise UserError("detect needs pictures or videos, or --camera N")
     if bool(args.weights) == bool(args.model):
         raise UserError("detect needs --weights FILE.h5 or --model FILE.onnx (one of them)")
-    videos = ([args.camera] if args.camera is not None else []) + [p for p in args.images if is_video_path(p)]
-    pictures = [p for p in args.images if not is_video_path(p)]
+    inputs, empty = _folder_inputs(args.images)
+    for folder in empty:
+        print(f"error: {folder}: no pictures or videos in this folder", file=sys.stderr)
+    if not inputs and args.camera is None:
+        return 1
+    videos = ([args.camera] if args.camera is not None else []) + [p for p in inputs if is_video_path(p)]
+    pictures = [p for p in inputs if not is_video_path(p)]
     # Inputs sharing a name (a/1.jpg and b/1.jpg, 1.jpg and 1.png) get 1.png and 1_2.png.
     video_names = _unique_names([f"camera{s}" if isinstance(s, int) else _stem(s) for s in videos])
     picture_names = _unique_names([_stem(p) for p in pictures])
@@ -517,19 +542,22 @@ def _cmd_detect(args):
             class_file = _class_file(args.classes, weights=args.weights)
             detector = _detector(args, _classes(args.classes, weights=args.weights), class_file is not None)
         classes = detector.classes
-        failed = 0
+        failed = len(empty)
         # Every picture is detected before anything is written: a model whose class count is unknown
-        # stops here on a label past the class list, with nothing half-written.
+        # stops here on a label past the class list, with nothing half-written. The pictures go
+        # through the model in batches; only their detections are kept.
         found = {}
-        for path in pictures:
-            try:
-                image = open_rgb(path)
-            except ImageError as e:
-                print(f"error: {e}", file=sys.stderr)
-                failed += 1
-                continue
-            det = detector.detect_arrays([image])[0]
-            found[path] = det[det[:, 1] >= args.min_score]
+        per_call = args.batch_size or 8
+        for start in range(0, len(pictures), per_call):
+            read = {}
+            for path in pictures[start:start + per_call]:
+                try:
+                    read[path] = open_rgb(path)
+                except ImageError as e:
+                    print(f"error: {e}", file=sys.stderr)
+                    failed += 1
+            for path, det in zip(read, detector.detect_arrays(list(read.values()))):
+                found[path] = det[det[:, 1] >= args.min_score]
         for source, name in zip(videos, video_names):
             out_video, out_jsonl = (os.path.join(args.out, f"{name}{ext}") for ext in (".mp4", ".jsonl"))
             batch = args.batch_size or (1 if isinstance(source, int) else 8)
@@ -668,7 +696,9 @@ def build_parser(prog="ssd300"):
     p.add_argument("--model", help="an exported .onnx detector, run with onnxruntime instead of --weights "
                                    "(no Keras needed; classes from --classes or classes.txt beside it, else "
                                    "the names the file records, else the 20 VOC classes for a 21-class model)")
-    p.add_argument("images", nargs="*", metavar="PICTURE_OR_VIDEO")
+    p.add_argument("images", nargs="*", metavar="PICTURE_OR_VIDEO",
+                   help="picture or video files, or folders of them (their pictures and videos, by "
+                        "extension, not their sub-folders)")
     p.add_argument("--out", default="detections")
     p.add_argument("--min-score", type=_fraction, default=0.5, help="draw detections scored at least this")
     p.add_argument("--camera", type=int, help="read camera N (until Ctrl-C, q in the window, or --max-frames)")
@@ -676,7 +706,7 @@ def build_parser(prog="ssd300"):
     p.add_argument("--every", type=_positive_int, default=1,
                    help="run the model on every N-th frame; the frames between show the last boxes (default 1)")
     p.add_argument("--batch-size", type=_positive_int,
-                   help="frames per model call (default: 8 for files, 1 for a camera)")
+                   help="pictures or frames per model call (default: 8 for files, 1 for a camera)")
     p.add_argument("--start-frame", type=int, default=0, help="first frame of a video (default 0)")
     p.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
     p.set_defaults(func=_cmd_detect)

@@ -137,6 +137,19 @@ def _wide_gray_to_8bit(img, path):
     return Image.fromarray(gray16_to_8bit(values))
 
 
+#: Photo formats a folder's pictures are recognised by (``detect FOLDER``);
+#: Pillow also claims ``.h5``, ``.ps``, ``.mpg`` and others that are not photos.
+_PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                     ".ppm", ".pgm", ".pbm", ".pnm", ".tga", ".avif", ".jp2", ".qoi")
+
+
+def picture_extensions():
+    """The photo file extensions (``".jpg"``, lower case) that this Pillow can read."""
+    Image.init()
+    readable = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+    return frozenset(ext for ext in _PHOTO_EXTENSIONS if ext in readable)
+
+
 def open_rgb(path, orient=True):
     """Open an image file as an RGB ``PIL.Image`` (decoded), upright.
 

@@ -387,6 +387,42 @@ def test_detect_gives_inputs_that_share_a_name_their_own_outputs(tmp_path, capsy
                                    np.array(FAKE_BOXES) * [width, height, width, height], rtol=1e-6)
 
 
+def test_detect_takes_folders(tmp_path, capsys):
+    """A folder stands for its pictures (and videos), by extension, in name order; not its sub-folders,
+    hidden files or other files. An empty folder is an error that stops nothing else."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from tests.test_export import FAKE_BOXES, fake_onnx_detector
+
+    model = fake_onnx_detector(tmp_path / "m.onnx", metadata={"num_classes": "5"})
+    classes = names_file(tmp_path / "classes.txt", ["w", "x", "y", "z"])
+    folder = tmp_path / "pics"
+    sizes = {"b.PNG": (30, 20), "a.jpg": (40, 30), "c.jpeg": (16, 24)}
+    for name, (w, h) in sizes.items():
+        picture(folder / name, w, h)
+    picture(folder / "sub" / "d.jpg", 8, 8)
+    picture(folder / ".hidden.jpg", 8, 8)
+    (folder / "notes.txt").write_text("not a picture")
+    (folder / "weights.h5").write_bytes(b"\x89HDF\r\n")  # Pillow claims .h5; not a photo
+    (tmp_path / "empty").mkdir()
+    single = picture(tmp_path / "e.jpg", 10, 12)
+    out = tmp_path / "out"
+    status, printed, err = run(capsys, "detect", "--model", model, "--classes", classes, "--min-score", 0,
+                               "--batch-size", 2, "--out", out, folder, tmp_path / "empty", single)
+    assert status == 1
+    assert one_error_line(err) == f"error: {tmp_path / 'empty'}: no pictures or videos in this folder"
+    assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png", "detections.json", "e.png"]
+    report = json.loads((out / "detections.json").read_text())
+    assert list(report) == [str(folder / "a.jpg"), str(folder / "b.PNG"), str(folder / "c.jpeg"), str(single)]
+    for name, (w, h) in {**sizes, "../e.jpg": (10, 12)}.items():
+        np.testing.assert_allclose([d["box"] for d in report[os.path.normpath(str(folder / name))]],
+                                   np.array(FAKE_BOXES) * [w, h, w, h], rtol=1e-6)
+    assert printed.count(" detections -> ") == 4
+    # Only empty folders: nothing to do, nothing written.
+    status, _, err = run(capsys, "detect", "--model", model, "--out", tmp_path / "none", tmp_path / "empty")
+    assert status == 1 and "no pictures or videos in this folder" in err and not (tmp_path / "none").exists()
+
+
 def test_detect_videos_that_share_a_name_and_an_unreadable_video(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
