@@ -315,6 +315,26 @@ def _output_folder(path):
         remove_empty_folders(created)
 
 
+#: ``--input-size`` and ``--confidence`` when not given (with ``--weights``).
+MODEL_DEFAULTS = {"input_size": 300, "confidence": 0.01}
+
+
+def _model_source(args, command):
+    """Exactly one of ``--weights`` / ``--model``; fills ``--input-size`` and ``--confidence`` for
+    ``--weights``, and refuses them with ``--model``, whose file fixed both at export."""
+    model = getattr(args, "model", None)
+    if bool(args.weights) == bool(model):
+        raise UserError(f"{command} needs --weights FILE.h5 or --model FILE.onnx (one of them)")
+    given = [f"--{name.replace('_', '-')}" for name in MODEL_DEFAULTS if getattr(args, name) is not None]
+    if model and given:
+        raise UserError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --weights; "
+                        f"{model} keeps the input size and confidence threshold it was exported with "
+                        f"(ssd300 export --input-size N --confidence X sets them)")
+    for name, default in MODEL_DEFAULTS.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+
+
 def _detector(args, classes, classes_given=True):
     """The Keras detector of ``--weights``."""
     from .detect import Detector
@@ -322,12 +342,13 @@ def _detector(args, classes, classes_given=True):
     return Detector(_model(args, classes, classes_given), classes, confidence_threshold=args.confidence)
 
 
-def _onnx_detector(args):
+def _onnx_detector(args, dataset_classes=None):
     """onnxruntime's detector of ``--model FILE.onnx`` (no Keras), labelled with the model's classes.
 
     The names: ``--classes`` or ``classes.txt`` beside the model (of the
-    length the model records), else the names the file records, else the 20
-    VOC classes for a 21-class model; anything else is refused.
+    length the model records), else the names the file records, else
+    ``dataset_classes`` (a dataset's ``classes.txt``, when evaluating), else
+    the 20 VOC classes for a 21-class model; anything else is refused.
     """
     from .onnx_runtime import OnnxDetector
     from .voc import VOC_CLASSES
@@ -337,6 +358,8 @@ def _onnx_detector(args):
     known = detector.num_classes
     if class_file is not None:
         detector.set_classes(_classes(class_file))
+    elif detector.class_names is None and dataset_classes is not None:
+        detector.set_classes(_classes(dataset_classes))
     elif detector.class_names is None and known == len(VOC_CLASSES) + 1:
         detector.set_classes(VOC_CLASSES)
     elif detector.class_names is None:
@@ -357,6 +380,7 @@ def _cmd_export(args):
 
     if args.num_classes and args.classes:
         raise UserError("give --num-classes or --classes, not both")
+    _model_source(args, "export")
     # The --check pictures are read first: a bad one stops the command before the export.
     images = (np.stack([resize(load_image(p), (args.input_size, args.input_size)) for p in args.check])
               if args.check else None)
@@ -416,6 +440,7 @@ def _cmd_synth(args):
 
 
 def _cmd_evaluate(args):
+    _model_source(args, "evaluate")
     if args.coco_json:
         return _evaluate_coco(args)
     if not args.voc_root:
@@ -423,11 +448,16 @@ def _cmd_evaluate(args):
     from .datasets import read_voc
     from .evaluation import format_ap_table, write_devkit_results
 
-    class_file = _class_file(args.classes, args.voc_root, args.weights)
-    classes = _classes(args.classes, args.voc_root, args.weights)
+    if args.model:
+        detector = _onnx_detector(args, dataset_classes=_class_file(None, args.voc_root))
+        classes = detector.classes
+    else:
+        class_file = _class_file(args.classes, args.voc_root, args.weights)
+        classes = _classes(args.classes, args.voc_root, args.weights)
     dataset = read_voc(args.voc_root, args.split, classes)
     with _output_folder(args.out):  # checked before the weights are read and the detector runs
-        detector = _detector(args, classes, classes_given=class_file is not None)
+        if not args.model:
+            detector = _detector(args, classes, classes_given=class_file is not None)
         by_id, result = detector.evaluate_voc(args.voc_root, dataset, args.batch_size,
                                               use_07_metric=not args.voc2010_metric, progress=True)
         print(format_ap_table(result, classes))
@@ -443,13 +473,18 @@ def _evaluate_coco(args):
     from .evaluation import format_ap_table
 
     annotation_file, images = coco_source(args.coco_json, args.images, args.split)
-    # Without a class list, the dataset's categories with boxes.
-    classes = _classes(args.classes, weights=args.weights) if _class_file(args.classes, weights=args.weights) \
-        else None
+    if args.model:
+        detector = _onnx_detector(args)
+        classes = detector.classes
+    else:
+        # Without a class list, the dataset's categories with boxes.
+        classes = _classes(args.classes, weights=args.weights) \
+            if _class_file(args.classes, weights=args.weights) else None
     dataset = load_coco(annotation_file, images, classes=classes, evaluation=True)
     results = args.results_json or os.path.join(args.out, "detections.coco.json")
     with _output_folder(os.path.dirname(results) or "."):
-        detector = _detector(args, dataset.classes)
+        if not args.model:
+            detector = _detector(args, dataset.classes)
         _, voc, coco = evaluate_dataset(detector, dataset, batch_size=args.batch_size,
                                         use_07_metric=not args.voc2010_metric, results_json=results,
                                         progress=True)
@@ -521,8 +556,7 @@ def _cmd_detect(args):
 
     if not args.images and args.camera is None:
         raise UserError("detect needs pictures or videos, or --camera N")
-    if bool(args.weights) == bool(args.model):
-        raise UserError("detect needs --weights FILE.h5 or --model FILE.onnx (one of them)")
+    _model_source(args, "detect")
     inputs, empty = _folder_inputs(args.images)
     for folder in empty:
         print(f"error: {folder}: no pictures or videos in this folder", file=sys.stderr)
@@ -634,11 +668,17 @@ def build_parser(prog="ssd300"):
         p.add_argument("--weights", required=required, help="HDF5 weights (by layer name)")
         p.add_argument("--classes", help="classes.txt (default: the one beside --weights, which training "
                                           "writes, else the dataset's, else the 20 VOC classes)")
-        p.add_argument("--input-size", type=_input_size, default=300)
-        p.add_argument("--confidence", type=_fraction, default=0.01, help="detection_out confidence threshold")
+        p.add_argument("--input-size", type=_input_size,
+                       help=f"the model's input height and width (default {MODEL_DEFAULTS['input_size']})")
+        p.add_argument("--confidence", type=_fraction,
+                       help=f"detection_out confidence threshold (default {MODEL_DEFAULTS['confidence']})")
 
     p = sub.add_parser("evaluate", help="VOC mAP (and COCO metrics for COCO datasets) of a model")
-    model_options(p)
+    model_options(p, required=False)
+    p.add_argument("--model", help="an exported .onnx detector, run with onnxruntime instead of --weights "
+                                   "(classes from --classes or classes.txt beside it, else the names the "
+                                   "file records, else the dataset's classes.txt, else the 20 VOC classes "
+                                   "for a 21-class model)")
     p.add_argument("--voc-root", help="a VOC folder")
     p.add_argument("--coco-json", help="a COCO JSON file (with --images), or a COCO/Roboflow dataset folder")
     p.add_argument("--images", help="the image folder of --coco-json (default: the JSON file's folder)")

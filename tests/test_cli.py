@@ -258,6 +258,48 @@ def test_export_onnx_and_detect_with_it_without_keras_weights(tmp_path, capsys):
         np.testing.assert_allclose([d["box"] for d in a], [d["box"] for d in b], atol=1e-2)
     assert main(["export", "--weights", str(weights), "--format", "onnx", "--out", str(tmp_path / "x.onnx"),
                  "--num-classes", "4", "--classes", str(tmp_path / "classes.txt")]) == 2
+    # evaluate --model: the devkit's scores of the exported file are the Keras model's. Ground truth:
+    # each picture's two best Keras detections (one with its class changed), and one box nothing found.
+    voc = tmp_path / "voc"
+    for sub in ("JPEGImages", "Annotations", "ImageSets/Main"):
+        (voc / sub).mkdir(parents=True)
+    for i, path in enumerate(pics):
+        (voc / "JPEGImages" / f"{i}.jpg").write_bytes(open(path, "rb").read())
+        first, second = keras_report[path][:2]
+        objects = [(first["class"], first["box"]), ("abc"[(first["label"]) % 3], second["box"]),
+                   ("c", [1, 1, 20, 20])]
+        (voc / "Annotations" / f"{i}.xml").write_text(
+            f"<annotation><filename>{i}.jpg</filename><size><width>{recorded_size(path)[0]}</width>"
+            f"<height>{recorded_size(path)[1]}</height><depth>3</depth></size>" + "".join(
+                f"<object><name>{name}</name><difficult>0</difficult><bndbox><xmin>{round(b[0]) + 1}</xmin>"
+                f"<ymin>{round(b[1]) + 1}</ymin><xmax>{round(b[2])}</xmax><ymax>{round(b[3])}</ymax>"
+                f"</bndbox></object>" for name, b in objects) + "</annotation>")
+    (voc / "ImageSets" / "Main" / "test.txt").write_text("0\n1\n")
+    assert main(["evaluate", "--weights", str(weights), "--input-size", "64", "--voc-root", str(voc),
+                 "--out", str(tmp_path / "r_keras")]) == 0
+    keras_map = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mAP")]
+    assert main(["evaluate", "--model", str(moved), "--voc-root", str(voc), "--out", str(tmp_path / "r_onnx")]) == 0
+    onnx_map = [line for line in capsys.readouterr().out.splitlines() if line.startswith("mAP")]
+    assert keras_map == onnx_map and 0.1 < float(keras_map[0].split()[1]) < 1.0, keras_map
+    for name in ("a", "b", "c"):
+        rows = [np.loadtxt(tmp_path / r / f"comp4_det_test_{name}.txt", usecols=range(1, 6), ndmin=2)
+                for r in ("r_keras", "r_onnx")]
+        assert rows[0].shape == rows[1].shape
+        np.testing.assert_allclose(rows[0][:, 0], rows[1][:, 0], atol=1e-4)
+    status, _, err = run(capsys, "evaluate", "--model", moved, "--confidence", 0.2, "--voc-root", voc)
+    assert status == 2 and one_error_line(err).startswith(
+        f"error: --confidence applies to --weights; {moved} keeps the input size and confidence threshold")
+    status, _, err = run(capsys, "evaluate", "--model", moved, "--weights", weights, "--voc-root", voc)
+    assert status == 2 and one_error_line(err) == (
+        "error: evaluate needs --weights FILE.h5 or --model FILE.onnx (one of them)")
+
+
+def recorded_size(path):
+    """``(width, height)`` of a picture file."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
 
 
 # --- one-line errors, names that do not collide, ONNX class counts ----------------------------------------
