@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from .image_io import open_rgb, preprocess_input, resize
+from .image_io import keys_used_as_stored, open_rgb, preprocess_input, resize
 from .priors import priors_from_model
 from .ssd_utils import BBoxUtility
 
@@ -70,7 +70,7 @@ class PictureDetector:
                 ``None`` entries). Where given, the file is read as training
                 reads it (as stored when its EXIF orientation swaps the sides
                 but the annotation has the stored size, see
-                :func:`ssd300.generator.keys_used_as_stored`) and its boxes
+                :func:`ssd300.image_io.keys_used_as_stored`) and its boxes
                 are given in that ``(width, height)`` frame, the ground
                 truth's, although the picture may be stored at another size.
 
@@ -88,7 +88,6 @@ class PictureDetector:
             raise ValueError(f"{len(paths)} paths but {len(frames)} sizes")
         as_stored = frozenset()
         if any(f is not None for f in frames):
-            from .generator import keys_used_as_stored
 
             as_stored = keys_used_as_stored("", {p: f for p, f in zip(paths, frames) if f is not None})
         iterator = range(0, len(paths), batch_size)
@@ -126,7 +125,7 @@ class PictureDetector:
             ImageError: a picture is missing or unreadable.
         """
         from .evaluation import devkit_image_ids, evaluate_detections, ground_truth_from_annotations
-        from .generator import annotation_sizes
+        from .voc import annotation_sizes
 
         keys = sorted(annotations.data)
         ids = devkit_image_ids(keys)

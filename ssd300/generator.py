@@ -21,45 +21,9 @@ import numpy as np
 
 from .augment import Augmentation, OriginalAugmentation, PaperAugmentation
 from .errors import UserError
-from .image_io import (ImageError, follows_stored_size, open_rgb, planes, preprocess_input,
-                       read_header, resize_pil, write_planes)
-
-
-def annotation_sizes(annotations):
-    """``{key: (width, height)}`` of ``{key: voc.Annotation}`` (``XML_preprocessor.annotations``,
-    ``CocoDataset.annotations``): the ``sizes`` argument of :class:`SamplePipeline`."""
-    return {key: (ann.width, ann.height) for key, ann in annotations.items()}
-
-
-def keys_used_as_stored(path_prefix, sizes):
-    """The images to use as stored although their EXIF orientation says to turn them.
-
-    An image whose orientation swaps width and height but whose annotation
-    gives the stored ``(width, height)`` was annotated as stored (see
-    :func:`ssd300.image_io.follows_stored_size`); its boxes fit the stored
-    pixels. Reads only the image headers; warns once with their number.
-
-    Args:
-        path_prefix: prepended to a key to give the image path.
-        sizes: ``{key: (width, height)}`` from the annotations
-            (``XML_preprocessor.annotations[key].width / .height``).
-
-    Returns:
-        frozenset of keys.
-    """
-    found = []
-    for key, size in sizes.items():
-        try:
-            stored, orientation = read_header(path_prefix + key)
-        except ImageError:
-            continue  # reported when the image is loaded
-        if follows_stored_size(stored, orientation, size):
-            found.append(key)
-    if found:
-        warnings.warn(f"{len(found)} images have EXIF orientation but their annotations match the "
-                      f"stored size; using them as stored (first: {path_prefix + found[0]})",
-                      stacklevel=3)
-    return frozenset(found)
+from .image_io import (ImageError, keys_used_as_stored, open_rgb, planes, preprocess_input, resize_pil,
+                       write_planes)
+from .voc import annotation_sizes  # noqa: F401 - also ssd300.generator's, where it used to live
 
 
 class SamplePipeline:

@@ -7,6 +7,7 @@ augmentation works on channel planes ``(3, H, W)``.
 """
 
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -99,6 +100,37 @@ def follows_stored_size(stored_size, orientation, annotated_size):
 
 #: Pillow's modes of 16-bit (and 32-bit integer) grayscale pictures.
 _WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def keys_used_as_stored(path_prefix, sizes):
+    """The images to use as stored although their EXIF orientation says to turn them.
+
+    An image whose orientation swaps width and height but whose annotation
+    gives the stored ``(width, height)`` was annotated as stored (see
+    :func:`ssd300.image_io.follows_stored_size`); its boxes fit the stored
+    pixels. Reads only the image headers; warns once with their number.
+
+    Args:
+        path_prefix: prepended to a key to give the image path.
+        sizes: ``{key: (width, height)}`` from the annotations
+            (``XML_preprocessor.annotations[key].width / .height``).
+
+    Returns:
+        frozenset of keys.
+    """
+    found = []
+    for key, size in sizes.items():
+        try:
+            stored, orientation = read_header(path_prefix + key)
+        except ImageError:
+            continue  # reported when the image is loaded
+        if follows_stored_size(stored, orientation, size):
+            found.append(key)
+    if found:
+        warnings.warn(f"{len(found)} images have EXIF orientation but their annotations match the "
+                      f"stored size; using them as stored (first: {path_prefix + found[0]})",
+                      stacklevel=3)
+    return frozenset(found)
 
 
 def gray16_to_8bit(values):

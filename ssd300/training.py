@@ -36,13 +36,14 @@ from .datasets import load_training_data
 from .distribute import DEFAULT_TIMEOUT, DISTRIBUTIONS, scope
 from .distribute import start as start_distribution
 from .errors import UserError
-from .generator import SSDDataset, annotation_sizes
+from .generator import SSDDataset
 from .layout import num_classes_with_background
 from .priors import priors_from_model
 from .ssd_training import MultiboxLoss
 from .ssd_utils import BBoxUtility
 from .speed import fit_settings
 from .ssd_v2 import SSD300v2
+from .voc import annotation_sizes
 from .weights import load_vgg16_weights, load_weights_by_name
 
 ORIGINAL_FROZEN = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3")

@@ -47,6 +47,12 @@ class Annotation:
     difficult: np.ndarray
 
 
+def annotation_sizes(annotations):
+    """``{key: (width, height)}`` of ``{key: voc.Annotation}`` (``XML_preprocessor.annotations``,
+    ``CocoDataset.annotations``): the ``sizes`` argument of :class:`SamplePipeline`."""
+    return {key: (ann.width, ann.height) for key, ann in annotations.items()}
+
+
 def _text(node, tag, path, what):
     child = node.find(tag)
     if child is None or child.text is None or not child.text.strip():

@@ -93,6 +93,26 @@ def test_help_starts_without_keras():
     assert result.returncode == 0, result.stderr
 
 
+def test_onnx_detect_and_evaluate_run_without_keras(dataset, tmp_path):
+    """detect --model and evaluate --model (frames from the annotations included) import neither
+    Keras nor TensorFlow."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from tests.test_export import fake_onnx_detector
+
+    model = fake_onnx_detector(tmp_path / "m.onnx", metadata={"num_classes": "5"})
+    names_file(tmp_path / "classes.txt", ["circle", "square", "triangle", "cross"])
+    code = ("import sys; from ssd300.cli import main; "
+            f"assert main(['evaluate', '--model', {str(model)!r}, '--voc-root', {str(dataset)!r}, "
+            f"'--out', {str(tmp_path / 'r')!r}]) == 0; "
+            f"assert main(['detect', '--model', {str(model)!r}, '--out', {str(tmp_path / 'd')!r}, "
+            f"{str(dataset / 'JPEGImages')!r}]) == 0; "
+            "assert not {'keras', 'tensorflow'} & set(sys.modules), 'imported Keras'")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "mAP" in result.stdout and len(os.listdir(tmp_path / "d")) == 13  # 12 pictures + json
+
+
 def test_options_given_override_the_demo_even_abbreviated(monkeypatch):
     """``--input 64`` (an abbreviation) is the user's choice, not overwritten by the demo's 128."""
     import ssd300.demo
