@@ -44,6 +44,16 @@ def _positive_int(text):
     return value
 
 
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _number(text):
     try:
         return float(text)
@@ -510,10 +520,11 @@ def _cmd_convert(args):
     return 0
 
 
-def _unique_names(stems):
+def _unique_names(stems, reserved=()):
     """Output names for input stems, unique in command-line order: the first ``1`` stays ``1``, the
-    next ``1_2``, ``1_3``, ... (case-insensitively, for file systems that ignore case)."""
-    names, taken = [], set()
+    next ``1_2``, ``1_3``, ... (case-insensitively, for file systems that ignore case), none of them
+    in ``reserved``."""
+    names, taken = [], {name.casefold() for name in reserved}
     for stem in stems:
         name, n = stem, 1
         while name.casefold() in taken:
@@ -526,6 +537,16 @@ def _unique_names(stems):
 
 def _stem(path):
     return os.path.splitext(os.path.basename(path))[0]
+
+
+def _inputs_in(folder, inputs, extensions):
+    """The stems of the ``inputs`` that lie in ``folder`` with one of ``extensions``: the names an
+    output there must not take, or it would overwrite an input."""
+    if not os.path.isdir(folder):
+        return set()
+    return {_stem(p) for p in inputs if os.path.splitext(p)[1].lower() in extensions
+            and os.path.isdir(os.path.dirname(p) or ".")
+            and os.path.samefile(os.path.dirname(p) or ".", folder)}
 
 
 def _folder_inputs(inputs):
@@ -565,8 +586,10 @@ def _cmd_detect(args):
     videos = ([args.camera] if args.camera is not None else []) + [p for p in inputs if is_video_path(p)]
     pictures = [p for p in inputs if not is_video_path(p)]
     # Inputs sharing a name (a/1.jpg and b/1.jpg, 1.jpg and 1.png) get 1.png and 1_2.png.
-    video_names = _unique_names([f"camera{s}" if isinstance(s, int) else _stem(s) for s in videos])
-    picture_names = _unique_names([_stem(p) for p in pictures])
+    # Outputs never take the name of an input in the output folder (--out the pictures' own folder).
+    video_names = _unique_names([f"camera{s}" if isinstance(s, int) else _stem(s) for s in videos],
+                                reserved=_inputs_in(args.out, inputs, {".mp4", ".jsonl"}))
+    picture_names = _unique_names([_stem(p) for p in pictures], reserved=_inputs_in(args.out, inputs, {".png"}))
     video_options = dict(every=args.every, show=args.show, min_score=args.min_score,
                          start_frame=args.start_frame, max_frames=args.max_frames)
     with _output_folder(args.out):  # removed again if nothing is written in it
@@ -747,7 +770,7 @@ def build_parser(prog="ssd300"):
                    help="run the model on every N-th frame; the frames between show the last boxes (default 1)")
     p.add_argument("--batch-size", type=_positive_int,
                    help="pictures or frames per model call (default: 8 for files, 1 for a camera)")
-    p.add_argument("--start-frame", type=int, default=0, help="first frame of a video (default 0)")
+    p.add_argument("--start-frame", type=_non_negative_int, default=0, help="first frame of a video (default 0)")
     p.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
     p.set_defaults(func=_cmd_detect)
     return parser
@@ -771,6 +794,9 @@ def main(argv=None, prog="ssd300"):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # training saves its checkpoint itself; every output is written atomically
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def train_main(argv=None):

@@ -485,6 +485,34 @@ def test_detect_takes_folders(tmp_path, capsys):
     assert status == 1 and "no pictures or videos in this folder" in err and not (tmp_path / "none").exists()
 
 
+def test_detect_into_the_pictures_own_folder_overwrites_no_input(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from PIL import Image
+
+    from tests.test_export import fake_onnx_detector
+
+    model = fake_onnx_detector(tmp_path / "m.onnx", metadata={"num_classes": "5"})
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    Image.new("RGB", (40, 30), (255, 0, 0)).save(folder / "a.jpg")
+    Image.new("RGB", (40, 30), (0, 0, 255)).save(folder / "a.png")
+    Image.new("RGB", (40, 30), (0, 255, 0)).save(folder / "a_2.png")
+    status, printed, _ = run(capsys, "detect", "--model", model, "--classes",
+                             names_file(tmp_path / "c.txt", ["w", "x", "y", "z"]), "--out", folder, folder)
+    assert status == 0
+    assert sorted(os.listdir(folder)) == ["a.jpg", "a.png", "a_2.png", "a_2_2.png", "a_3.png", "a_4.png",
+                                          "detections.json"]
+    colours = {name: Image.open(folder / name).convert("RGB").getpixel((39, 29))
+               for name in ("a.png", "a_2.png", "a_3.png", "a_4.png", "a_2_2.png")}
+    # The inputs are untouched; each output shows its own picture (a corner no box reaches).
+    assert colours == {"a.png": (0, 0, 255), "a_2.png": (0, 255, 0), "a_3.png": (254, 0, 0),
+                       "a_4.png": (0, 0, 255), "a_2_2.png": (0, 255, 0)}, colours
+    assert f"{folder / 'a.jpg'}: 2 detections -> {folder / 'a_3.png'}" in printed
+    status, _, err = run(capsys, "detect", "--model", model, "--start-frame", -1, folder)
+    assert status == 2 and "argument --start-frame: must be 0 or more, got -1" in err
+
+
 def test_detect_videos_that_share_a_name_and_an_unreadable_video(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
