@@ -54,6 +54,13 @@ def _non_negative_int(text):
     return value
 
 
+def _seed(text):
+    value = _non_negative_int(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
+    return value
+
+
 def _number(text):
     try:
         return float(text)
@@ -119,8 +126,8 @@ def add_training_options(p, dataset=True):
         p.add_argument("--skip-bad-annotations", action="store_true", default=given,
                        help="warn and skip bad objects in the annotations instead of stopping")
     if dataset:
-        p.add_argument("--recipe", choices=("original", "paper"), default="original",
-                       help="defaults for the options below (default: %(default)s)")
+        p.add_argument("--recipe", choices=("original", "paper"), default=given,
+                       help="defaults for the options below (default: original)")
     p.add_argument("--epochs", type=_positive_int, default=given, help=RECIPE_HELP["epochs"])
     p.add_argument("--batch-size", type=_positive_int, default=given, help=RECIPE_HELP["batch_size"])
     p.add_argument("--optimizer", choices=("adam", "sgd"), default=given, help=RECIPE_HELP["optimizer"])
@@ -146,7 +153,7 @@ def add_training_options(p, dataset=True):
     p.add_argument("--steps-per-epoch", type=_positive_int, default=given, help="limit the batches per epoch")
     p.add_argument("--time-limit", type=_positive_float, default=given,
                    help="stop after this many minutes (at the end of a batch)")
-    p.add_argument("--seed", type=int, default=given, help="(default: 0)")
+    p.add_argument("--seed", type=_seed, default=given, help="0 ... 2**32 - 1 (default: 0)")
     p.add_argument("--skip-bad-images", action="store_true", default=given,
                    help="warn and skip unreadable images")
     p.add_argument("--no-progress", dest="progress", action="store_false", default=given,
@@ -187,7 +194,8 @@ def training_config(args, base=None):
     from .training import recipe
 
     given = {k: _CONVERT.get(k, lambda v: v)(v) for k, v in vars(args).items() if k not in _NOT_CONFIG}
-    return recipe(args.recipe, **given) if base is None else dataclasses.replace(base, **given)
+    return (recipe(getattr(args, "recipe", "original"), **given) if base is None
+            else dataclasses.replace(base, **given))
 
 
 def _exit_status(result):
@@ -211,9 +219,26 @@ def _choose_cpu_kernels(args, command):
         print(note)
 
 
+#: The options of ``train`` that choose the data or the recipe: ``--demo`` has its own.
+_NOT_FOR_THE_DEMO = ("voc_root", "coco_json", "images", "classes", "split", "val_fraction", "skip_difficult",
+                     "skip_bad_annotations", "recipe", "distribute", "coordinator", "num_processes",
+                     "process_id")
+
+
+def _option(name):
+    return "--" + name.replace("_", "-")
+
+
 def _cmd_train(args):
     if getattr(args, "demo", False):
+        given = [_option(k) for k in _NOT_FOR_THE_DEMO if k in vars(args)]
+        if given:
+            raise UserError(f"--demo trains its own recipe on its generated dataset; "
+                            f"{', '.join(given)} would be ignored (train without --demo to use them)")
         return _cmd_demo(args)
+    given = [_option(k) for k in ("demo_images", "demo_minutes") if getattr(args, k, None) is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --demo only")
     _choose_cpu_kernels(args, "train")
     from .training import fit
 
@@ -644,18 +669,25 @@ def _cmd_detect(args):
                              "box": [float(v) for v in d[2:6]]} for d in det]
             print(f"{path}: {len(det)} detections -> {picture}")
         if report:
-            with atomic_path(os.path.join(args.out, "detections.json")) as tmp, open(tmp, "w") as f:
-                json.dump(report, f, indent=2)
+            path = os.path.join(args.out, "detections.json")
+            try:
+                with atomic_path(path) as tmp, open(tmp, "w") as f:
+                    json.dump(report, f, indent=2)
+            except OSError as e:  # a full disk
+                raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
     return 1 if failed else 0
 
 
-def build_parser(prog="ssd300"):
+def build_parser(prog="ssd300", train_prog=None):
+    """The ``ssd300`` parser; ``train_prog``: the ``train`` command's own name in its usage
+    (``ssd_training.py``, which runs ``train`` alone)."""
     parser = argparse.ArgumentParser(prog=prog, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train SSD300 on a VOC-format dataset (= python ssd_training.py)",
-                       description=_training_description(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       description=_training_description(), formatter_class=argparse.RawDescriptionHelpFormatter,
+                       **({"prog": train_prog} if train_prog else {}))
     add_training_options(p)
     p.add_argument("--demo", action="store_true", help="run the demo instead (= ssd300 demo)")
     p.add_argument("--demo-images", type=_positive_int, help="synthetic images for --demo (default: 400)")
@@ -786,9 +818,9 @@ def _training_description():
             "(for --resume), log.csv, loss.png.")
 
 
-def main(argv=None, prog="ssd300"):
+def main(argv=None, prog="ssd300", train_prog=None):
     """Run a command; returns the exit status."""
-    args = build_parser(prog).parse_args(argv)
+    args = build_parser(prog, train_prog).parse_args(argv)
     try:
         return args.func(args)
     except UserError as e:
@@ -802,7 +834,7 @@ def main(argv=None, prog="ssd300"):
 def train_main(argv=None):
     """``python ssd_training.py [options]``: ``ssd300 train [options]``."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    return main(["train", *argv], prog="ssd_training.py")
+    return main(["train", *argv], prog="ssd_training.py", train_prog="ssd_training.py")
 
 
 if __name__ == "__main__":

@@ -134,6 +134,24 @@ def test_options_given_override_the_demo_even_abbreviated(monkeypatch):
     assert seen["config"].lr == 1e-3 and seen["images"] == 30 and seen["config"].input_size == 128
 
 
+def test_demo_and_training_options_that_would_be_ignored_are_refused(capsys):
+    from ssd300.cli import train_main
+
+    assert train_main(["--demo", "--recipe", "paper", "--voc-root", "x"]) == 2
+    assert one_error_line(capsys.readouterr().err) == (
+        "error: --demo trains its own recipe on its generated dataset; --voc-root, --recipe would be "
+        "ignored (train without --demo to use them)")
+    assert train_main(["--demo-minutes", "3", "--demo-images", "40"]) == 2
+    assert one_error_line(capsys.readouterr().err) == "error: --demo-images, --demo-minutes apply to --demo only"
+    for seed, why in (("-1", "must be 0 or more, got -1"), ("4294967296", "must be below 2**32, got 4294967296")):
+        with pytest.raises(SystemExit):
+            train_main(["--seed", seed])
+        assert f"argument --seed: {why}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: ssd_training.py [-h] [--voc-root VOC_ROOT]")
+
+
 def test_recipes_and_bad_options(capsys):
     from ssd300.cli import build_parser, training_config
 
