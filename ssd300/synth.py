@@ -8,6 +8,7 @@ and ``classes.txt``. The same seed gives the same dataset.
 
 import os
 import shutil
+import stat
 import tempfile
 
 import numpy as np
@@ -184,6 +185,8 @@ def make_synthetic_voc(out_dir, images=500, seed=0, classes=SHAPE_CLASSES, size_
         work = tempfile.mkdtemp(prefix=".synth-", dir=parent)
         for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main")):
             os.makedirs(os.path.join(work, sub))
+        # mkdtemp's folder is private (0700): give it the mode of any new folder (the umask's).
+        os.chmod(work, stat.S_IMODE(os.stat(os.path.join(work, "JPEGImages")).st_mode))
         ids = [f"{i:06d}" for i in range(1, images + 1)]
         for i, image_id in enumerate(ids):
             rng = np.random.default_rng([seed, i])

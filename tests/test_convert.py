@@ -338,3 +338,15 @@ def test_synthetic_dataset_outputs_that_cannot_be_written(tmp_path, monkeypatch)
     with pytest.raises(UserError, match=r"new/sub/s: cannot write the dataset \(No space left on device\)$"):
         make_synthetic_voc(tmp_path / "new" / "sub" / "s", images=4, size_range=(40, 60))
     assert tree(tmp_path) == ["afile"]
+
+
+def test_synthetic_dataset_folder_has_the_mode_of_a_new_folder(tmp_path):
+    """Not mkdtemp's private 0700: other users read the demo's cached dataset like any folder."""
+    import stat
+
+    from ssd300.synth import make_synthetic_voc
+
+    root = make_synthetic_voc(tmp_path / "s", images=2, seed=0)
+    os.mkdir(tmp_path / "plain")
+    mode = stat.S_IMODE(os.stat(tmp_path / "plain").st_mode)
+    assert mode != 0o700 and stat.S_IMODE(os.stat(root).st_mode) == mode
