@@ -597,7 +597,7 @@ def _folder_inputs(inputs):
 def _cmd_detect(args):
     from .atomic import atomic_path
     from .image_io import ImageError, open_rgb
-    from .video import VideoReadError, detect_video, is_video_path
+    from .video import VideoReadError, VideoWriteError, detect_video, is_video_path
     from .visualize import draw_detections, save_atomic
 
     if not args.images and args.camera is None:
@@ -645,13 +645,15 @@ def _cmd_detect(args):
             batch = args.batch_size or (1 if isinstance(source, int) else 8)
             try:
                 result = detect_video(detector, source, out_video, out_jsonl, batch_size=batch, **video_options)
-            except VideoReadError as e:  # an unreadable video (or one cut short) is skipped like a picture
+            except (VideoReadError, VideoWriteError) as e:  # skipped like an unreadable picture
                 print(f"error: {e}", file=sys.stderr)
                 failed += 1
                 continue
-            stopped = " (interrupted; outputs kept)" if getattr(result, "interrupted", False) else ""
+            stopped = " (interrupted; outputs kept)" if result.interrupted else ""
             print(f"{source}: {result.frames} frames, detector on {result.processed} -> {out_video}, "
                   f"{out_jsonl}{stopped}")
+            if result.interrupted == "ctrl-c":  # q in the window only ends that video
+                raise KeyboardInterrupt
         report = {}
         for path, name in zip(pictures, picture_names):
             if path not in found:

@@ -14,7 +14,10 @@ same numbers as for the frame saved as a picture.
 with its bugs fixed (see its docstring).
 
 FFmpeg's own messages are silenced unless ``OPENCV_FFMPEG_LOGLEVEL`` is set
-(16 shows its errors). OpenCV is an optional dependency (``pip install "ssd300[video]"``, which
+(16 shows its errors): by that variable when OpenCV's FFmpeg backend starts
+after :func:`import_cv2`, and, since FFmpeg reads it only once, by sending
+file descriptor 2 to ``/dev/null`` while the writer probes its codecs.
+OpenCV is an optional dependency (``pip install "ssd300[video]"``, which
 installs ``opencv-python-headless``): without it the functions that read or
 write videos raise a :class:`UserError` saying so.
 
@@ -27,13 +30,14 @@ import json
 import math
 import os
 import queue
+import signal
 import sys
 import threading
 import time
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, missing_folders, remove_empty_folders
 from .errors import UserError
 
 #: The extra that installs OpenCV, named in the errors.
@@ -60,6 +64,9 @@ MAX_BUFFERED_BYTES = 256 * 2 ** 20
 
 WINDOW_NAME = "SSD result"
 
+#: The user chose FFmpeg's log level: its messages are then not hidden.
+_FFMPEG_LOGLEVEL_GIVEN = "OPENCV_FFMPEG_LOGLEVEL" in os.environ
+
 _END = object()  # ends a queue
 
 
@@ -80,6 +87,19 @@ class VideoReadError(UserError):
         self.result = result
 
 
+class VideoWriteError(UserError):
+    """An output of :func:`detect_video` that cannot be written.
+
+    The annotated video (or the JSON lines) of one input could not be
+    written: OpenCV cannot encode that frame size or rate, the video would
+    overwrite its input, the disk is full or the write failed part-way. The
+    message names the output file. Nothing is left under the output names
+    (a file that was there keeps its content), so a caller going through
+    several inputs reports it and skips that input, as a
+    :class:`VideoReadError`.
+    """
+
+
 @dataclasses.dataclass
 class VideoResult:
     """What :func:`detect_video` did.
@@ -88,14 +108,20 @@ class VideoResult:
         source: the file path or camera index read.
         frames: frames read and written (from ``start_frame`` on).
         processed: frames the detector ran on (one JSON line each).
-        width, height: frame size in pixels.
+        width, height: the source's frame size in pixels (the boxes' frame).
+            Video encoders need even sizes: an odd width or height is written
+            with one more column or row, a copy of the last, so that no
+            pixel of the frame is cut off.
         fps: the frame rate written (the source's, else ``DEFAULT_FPS``).
         frame_count: the frames the source announces, ``None`` when unknown.
         codec: the FourCC of the video written, ``None`` without ``out_video``.
         out_video, out_jsonl: the files written (``None`` when not asked for).
         seconds: wall time from the first frame read to the last written.
         stopped: why reading stopped before the end, or ``None``.
-        interrupted: stopped by Ctrl-C or the window's ``q`` / Esc key.
+        interrupted: ``False``, or why the user stopped it before its end:
+            ``"ctrl-c"`` (Ctrl-C: a caller should stop altogether) or ``"key"``
+            (the window's ``q`` / Esc key, or the window closed). Both are
+            true; the frames done are kept in either case.
         shown: a window showed the frames.
     """
 
@@ -111,7 +137,7 @@ class VideoResult:
     out_jsonl: str = None
     seconds: float = 0.0
     stopped: str = None
-    interrupted: bool = False
+    interrupted: object = False  # False, "ctrl-c" or "key"
     shown: bool = False
 
     @property
@@ -289,33 +315,147 @@ def _check_output(path, source, kind):
         raise UserError(f"{path}: {kind} output is a folder")
     if (_camera_index(source) is None and os.path.exists(path) and os.path.exists(source)
             and os.path.samefile(path, os.fspath(source))):
-        raise UserError(f"{path}: {kind} output would overwrite the input video")
+        raise VideoWriteError(f"{path}: {kind} output would overwrite the input video")
     parent = os.path.dirname(os.path.abspath(path))
     blocker = parent
     while not os.path.exists(blocker) and os.path.dirname(blocker) != blocker:
         blocker = os.path.dirname(blocker)
     if not os.path.isdir(blocker):
         raise UserError(f"{path}: cannot write there, {blocker} is a file, not a folder")
-    try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{path}: cannot create the folder {parent} ({e.strerror or e})") from None
-    if not os.access(parent, os.W_OK):
-        raise UserError(f"{path}: the folder {parent} is not writable")
     return path
 
 
-def _open_writer(cv2, path, fps, size):
-    """``(cv2.VideoWriter, codec)`` on ``path``, trying the extension's codecs in order."""
+def _make_folders(paths, created):
+    """Create the folders of the output ``paths``; each chain created is appended to ``created``."""
+    for path in paths:
+        parent = os.path.dirname(os.path.abspath(path))
+        created.append(missing_folders(parent))
+        try:
+            os.makedirs(parent, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{path}: cannot create the folder {parent} ({e.strerror or e})") from None
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"{path}: the folder {parent} is not writable")
+
+
+@contextlib.contextmanager
+def _writing(path):
+    """Turn an ``OSError`` (a full disk, ...) into a :class:`VideoWriteError` naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise VideoWriteError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def _close_quietly(file):
+    try:
+        file.close()
+    except OSError:  # the error that made us give up was reported already
+        pass
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """Send file descriptor 2 (where FFmpeg prints) to ``/dev/null`` inside the block.
+
+    ``OPENCV_FFMPEG_LOGLEVEL`` only counts if it is set before OpenCV's FFmpeg
+    backend starts (a ``cv2.VideoCapture`` before :func:`import_cv2` starts
+    it), so the failed H.264 encoder probes would print. Nothing is hidden
+    when the user set the variable; errors raised after the block show.
+    """
+    saved = None
+    if not _FFMPEG_LOGLEVEL_GIVEN:
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            sys.stderr.flush()  # Python's own pending output goes where it was meant to
+        try:
+            saved = os.dup(2)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+        except OSError:
+            if saved is not None:
+                os.close(saved)
+            saved = None
+        else:
+            os.dup2(devnull, 2)
+            os.close(devnull)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _open_writer(cv2, tmp, fps, size, path):
+    """``(cv2.VideoWriter, codec)`` on ``tmp``, trying ``path``'s extension's codecs in order.
+
+    Raises:
+        VideoWriteError: no codec opens for this frame size and rate; the
+            message names ``path`` (the output, not the temporary file).
+    """
     ext = os.path.splitext(path)[1].lower()
-    for codec in OUTPUT_CODECS[ext]:
-        with _quiet(cv2):
-            writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*codec), fps, size)
-        if writer.isOpened():
-            return writer, codec
-        writer.release()
-    raise UserError(f"{path}: OpenCV cannot write a {ext} video here (tried codecs "
-                    f"{', '.join(OUTPUT_CODECS[ext])})")
+    with _quiet(cv2), _stderr_silenced():
+        for codec in OUTPUT_CODECS[ext]:
+            writer = cv2.VideoWriter(tmp, cv2.VideoWriter_fourcc(*codec), fps, size)
+            if writer.isOpened():
+                return writer, codec
+            writer.release()
+    raise VideoWriteError(f"{path}: OpenCV cannot write a {ext} video of {size[0]}x{size[1]} pixels at "
+                          f"{fps:g} frames/s (tried codecs {', '.join(OUTPUT_CODECS[ext])})")
+
+
+def _check_written(cv2, tmp, path, frames):
+    """Raise unless the closed video ``tmp`` opens and holds ``frames`` frames.
+
+    OpenCV's writer drops what it cannot write (a full disk) without a word;
+    the container's frame count, read back, tells. It equals the frames
+    written for every extension of :data:`OUTPUT_CODECS`.
+    """
+    with _quiet(cv2):
+        capture = cv2.VideoCapture(tmp)
+    try:
+        count = capture.get(cv2.CAP_PROP_FRAME_COUNT) if capture.isOpened() else -1
+    finally:
+        capture.release()
+    if count != frames:
+        raise VideoWriteError(f"{path}: the video could not be written completely (disk full?)")
+
+
+def _even(cv2, bgr):
+    """``bgr`` with its last row / column repeated where its height / width is odd.
+
+    The encoders (``mp4v``, ``MJPG``, ``XVID``; 4:2:0 chroma) silently drop
+    an odd last row or column.
+    """
+    height, width = bgr.shape[:2]
+    if height % 2 or width % 2:
+        bgr = cv2.copyMakeBorder(bgr, 0, height % 2, 0, width % 2, cv2.BORDER_REPLICATE)
+    return bgr
+
+
+@contextlib.contextmanager
+def _ctrl_c_stops(stop, result):
+    """Inside the block, Ctrl-C sets ``stop`` and ``result.interrupted = "ctrl-c"`` instead of raising.
+
+    No frame is then half-written (its video frame without its JSON line),
+    and a second Ctrl-C cannot break the cleanup (the threads' join, the
+    checks and renames of the outputs). Only in the main thread with
+    Python's own SIGINT handler in place; elsewhere a ``KeyboardInterrupt``
+    is caught where it lands.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+
+    def handler(signum, frame):
+        result.interrupted = "ctrl-c"
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _get(q, stop):
@@ -358,11 +498,13 @@ def _read_frames(cv2, capture, camera, name, first, first_time, start_frame, fra
             if not ok or frame is None:
                 if camera is not None:
                     state["stopped"] = f"{name}: no frame after frame {index - 1} (camera disconnected?)"
-                elif frame_count is not None and index < frame_count:
-                    # A frame that fails to decode is followed by frames that do.
+                elif frame_count is None or index < frame_count:
+                    # A frame that fails to decode is followed by frames that do (also
+                    # where the container does not tell its frame count).
                     if capture.grab():
                         state["stopped"] = f"{name}: frame {index} cannot be decoded (corrupt)"
-                    elif index < frame_count - 1:  # counts estimated from the duration can be 1 off
+                    elif frame_count is not None and index < frame_count - 1:
+                        # counts estimated from the duration can be 1 off
                         state["stopped"] = (f"{name}: the video ends at frame {index}, before the "
                                             f"{frame_count} frames its header announces (truncated?)")
                 return
@@ -454,14 +596,17 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
 
     Decoding, the detector and drawing/encoding run in three threads, so the
     whole goes near the detector's own rate. Each output is written to a
-    temporary name and renamed when complete.
+    temporary name and renamed when complete; the video is first read back,
+    and must hold every frame written. Each JSON line is written after its
+    frame of the video, so the two agree also after a Ctrl-C.
 
     Args:
         detector: a :class:`ssd300.detect.Detector`.
         source: a video file path, or a camera index (``int``).
         out_video: the annotated video to write (``.mp4``, ``.m4v``, ``.mov``,
-            ``.mkv`` or ``.avi``), with the source's frame size and rate;
-            ``None`` for none.
+            ``.mkv`` or ``.avi``), with the source's frame size and rate
+            (an odd width or height gets one more column or row, a copy of
+            the last: the encoders would cut one off); ``None`` for none.
         out_jsonl: the JSON-lines file of detections, one line per processed
             frame (see :func:`detection_record`); ``None`` for none.
         every: run the detector on every ``every``-th frame (frame numbers
@@ -480,8 +625,10 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
         fps_overlay: draw the frames/s counter in the top left corner.
 
     Returns:
-        a :class:`VideoResult`. Ctrl-C stops reading; the frames done so far
-        are kept and ``interrupted`` is set.
+        a :class:`VideoResult`. Ctrl-C (or the window's ``q`` / Esc) stops
+        reading; the frames done so far are kept, each with its JSON line,
+        and ``interrupted`` says which (``"ctrl-c"`` or ``"key"``). While the
+        outputs are finished a further Ctrl-C is ignored.
 
     Raises:
         VideoReadError: a video file that is missing, cannot be opened, or
@@ -489,15 +636,20 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
             is ``None``; or that stopped early (truncated or a corrupt frame):
             the frames before it are written, and the message says which
             frame it stopped at.
-        UserError: OpenCV missing, no camera, an output that cannot be
-            written (nothing is left under its name).
+        VideoWriteError: an output that cannot be written: OpenCV cannot
+            encode this frame size or rate, it would overwrite the input,
+            the disk is full, or the video came out incomplete. Nothing is
+            left under the output names, nor any folder made for them.
+        UserError: bad arguments, OpenCV missing, no camera, an output
+            folder that cannot be made (nothing is left under its name).
     """
     if not (out_video or out_jsonl or show):
         raise UserError("detect_video: nothing to do (give out_video, out_jsonl or show)")
     every, batch_size, start_frame = int(every), int(batch_size), int(start_frame)
-    if every < 1 or batch_size < 1 or start_frame < 0 or (max_frames is not None and max_frames < 1):
-        raise UserError(f"every ({every}) and batch_size ({batch_size}) must be >= 1, start_frame "
-                        f"({start_frame}) >= 0 and max_frames ({max_frames}) >= 1")
+    for argument, value, least in (("every", every, 1), ("batch_size", batch_size, 1),
+                                   ("start_frame", start_frame, 0), ("max_frames", max_frames, 1)):
+        if value is not None and value < least:
+            raise UserError(f"detect_video: {argument} must be >= {least}, got {value}")
     name = _source_name(source)
     cv2 = import_cv2(f"{name}: reading videos")
     if out_video is not None:
@@ -516,26 +668,43 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
         if not show:
             print(f"warning: not showing the video: {reason}", file=sys.stderr)
 
+    # The source first: a video that cannot be read leaves no output folder behind.
     capture, first, first_time, frame_count, fps = _open_source(cv2, source, start_frame)
     result = VideoResult(source=source, width=first.shape[1], height=first.shape[0], fps=fps or DEFAULT_FPS,
                          frame_count=frame_count, out_video=out_video, out_jsonl=out_jsonl, shown=bool(show))
+    stop = threading.Event()
+    created = []  # chains of folders made for the outputs, removed again on a failure
     try:
-        with contextlib.ExitStack() as stack:
+        # Renames happen when the ExitStack closes, still under _ctrl_c_stops.
+        with _ctrl_c_stops(stop, result), contextlib.ExitStack() as stack:
+            _make_folders([p for p in (out_video, out_jsonl) if p is not None], created)
             writer = jsonl = None
             if out_video is not None:
-                tmp = stack.enter_context(atomic_path(out_video))
-                writer, result.codec = _open_writer(cv2, tmp, result.fps, (result.width, result.height))
-                stack.callback(writer.release)  # runs before the rename
+                video_tmp = stack.enter_context(atomic_path(out_video))
+                size = (result.width + result.width % 2, result.height + result.height % 2)  # see _even
+                writer, result.codec = _open_writer(cv2, video_tmp, result.fps, size, out_video)
+                stack.callback(writer.release)
             if out_jsonl is not None:
-                tmp = stack.enter_context(atomic_path(out_jsonl))
-                try:
-                    jsonl = stack.enter_context(open(tmp, "w", encoding="utf8"))
-                except OSError as e:
-                    raise UserError(f"{out_jsonl}: cannot write ({e.strerror or e})") from None
+                jsonl_tmp = stack.enter_context(atomic_path(out_jsonl))
+                with _writing(out_jsonl):
+                    jsonl = open(jsonl_tmp, "w", encoding="utf8")
+                stack.callback(_close_quietly, jsonl)
             _pipeline(cv2, detector, capture, source, first, first_time, frame_count, fps, every, batch_size,
-                      min_score, start_frame, max_frames, fps_overlay, progress, writer, jsonl, result)
+                      min_score, start_frame, max_frames, fps_overlay, progress, writer, jsonl, result, stop)
+            # Every output is checked before any is renamed onto its name.
+            if writer is not None:
+                writer.release()
+                if result.frames:
+                    _check_written(cv2, video_tmp, out_video, result.frames)
+            if jsonl is not None:
+                with _writing(out_jsonl):
+                    jsonl.close()
+    except BaseException:
+        for chain in reversed(created):
+            remove_empty_folders(chain)
+        raise
     finally:
-        capture.release()
+        capture.release()  # after the reader thread ended: _pipeline joins it whatever happens
     if result.stopped and not result.interrupted:
         done = [f"{result.frames} frames ({start_frame} to {start_frame + result.frames - 1}) processed"]
         done += [f"written to {p}" for p in (out_video, out_jsonl) if p]
@@ -544,17 +713,24 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
 
 
 def _pipeline(cv2, detector, capture, source, first, first_time, frame_count, fps, every, batch_size, min_score,
-              start_frame, max_frames, fps_overlay, progress, writer, jsonl, result):
-    """Run the reader and model threads and do the drawing, writing and showing here."""
+              start_frame, max_frames, fps_overlay, progress, writer, jsonl, result, stop):
+    """Run the reader and model threads and do the drawing, writing and showing here.
+
+    Returns once both threads have ended, whatever happens (a Ctrl-C while
+    waiting for them is absorbed), so the caller may release ``capture``.
+    """
     from tqdm import tqdm
 
     from .visualize import draw_detections
 
     name = _source_name(source)
-    stop = threading.Event()
     state = {}
-    frames_q = queue.Queue(maxsize=2 * batch_size + 2)
-    batches_q = queue.Queue(maxsize=2)
+    # Bounded in bytes, not only frames (a 4K frame is 25 MB): at most MAX_BUFFERED_BYTES of decoded
+    # frames wait for the model, and two batches to be drawn (one where two would pass it). Within
+    # that, two batches' worth of frames wait, so the detector still gets full batches.
+    frame_bytes = max(1, first.nbytes)
+    frames_q = queue.Queue(maxsize=max(2, min(2 * batch_size + 2, MAX_BUFFERED_BYTES // frame_bytes)))
+    batches_q = queue.Queue(maxsize=max(1, min(2, MAX_BUFFERED_BYTES // (batch_size * frame_bytes))))
     threads = [
         threading.Thread(target=_read_frames, name="ssd300-video-reader", daemon=True, args=(
             cv2, capture, _camera_index(source), name, first, first_time, start_frame, frame_count, fps,
@@ -577,19 +753,15 @@ def _pipeline(cv2, detector, capture, source, first, first_time, frame_count, fp
     classes = detector.classes
     started = time.perf_counter()
     ticks, fps_text = [], "FPS: ??"
-    for thread in threads:
-        thread.start()
     try:
+        for thread in threads:
+            thread.start()
         while True:
             batch = _get(batches_q, stop)
             if batch is _END:
                 break
             for index, stamp, rgb, found, processed in batch:
                 found = found[found[:, 1] >= min_score]
-                if processed:
-                    result.processed += 1
-                    if jsonl is not None:
-                        jsonl.write(json.dumps(detection_record(index, stamp, found, classes)) + "\n")
                 if writer is not None or window:
                     image = draw_detections(rgb, found, classes) if len(found) or fps_overlay else None
                     if fps_overlay:
@@ -600,25 +772,38 @@ def _pipeline(cv2, detector, capture, source, first, first_time, frame_count, fp
                         _draw_fps(image, fps_text)
                     bgr = cv2.cvtColor(np.asarray(image) if image is not None else rgb, cv2.COLOR_RGB2BGR)
                     if writer is not None:
-                        writer.write(bgr)
+                        writer.write(_even(cv2, bgr))
                     if window:
                         cv2.imshow(WINDOW_NAME, bgr)
                         key = cv2.waitKey(1) & 0xFF
                         if key in (ord("q"), 27) or cv2.getWindowProperty(WINDOW_NAME, cv2.WND_PROP_VISIBLE) < 1:
-                            result.interrupted = True
+                            result.interrupted = result.interrupted or "key"
                             stop.set()
+                # The JSON line after the video frame: an interrupt never leaves a line without its frame.
+                if processed:
+                    if jsonl is not None:
+                        with _writing(result.out_jsonl):
+                            jsonl.write(json.dumps(detection_record(index, stamp, found, classes)) + "\n")
+                    result.processed += 1
                 result.frames += 1
                 bar.update(1)
                 if stop.is_set():
                     break
+            # Not held while waiting for the next batch (8 frames of 4K take 200 MB).
+            del batch
             if stop.is_set():
                 break
-    except KeyboardInterrupt:
-        result.interrupted = True
+    except KeyboardInterrupt:  # where _ctrl_c_stops could not take over SIGINT
+        result.interrupted = "ctrl-c"
     finally:
         stop.set()
         for thread in threads:
-            thread.join()
+            # A second Ctrl-C must not leave the threads running (the reader on a released capture).
+            while thread.is_alive():
+                try:
+                    thread.join(0.1)
+                except KeyboardInterrupt:
+                    result.interrupted = "ctrl-c"
         bar.close()
         result.seconds = time.perf_counter() - started
         if window:
@@ -725,6 +910,10 @@ def write_synthetic_video(path, frames=48, size=(320, 240), fps=12.0, seed=0):
 
     Returns:
         the codec used.
+
+    Raises:
+        VideoWriteError: OpenCV cannot write this size or rate, or the video
+            came out incomplete (nothing is left under ``path``).
     """
     from PIL import Image, ImageDraw
 
@@ -738,7 +927,7 @@ def write_synthetic_video(path, frames=48, size=(320, 240), fps=12.0, seed=0):
     pos = rng.uniform(0, 1, (3, 2)) * ([width, height] - side[:, None])
     vel = rng.uniform(-0.04, 0.04, (3, 2)) * [width, height]
     with atomic_path(path) as tmp:
-        writer, codec = _open_writer(cv2, tmp, fps, (width, height))
+        writer, codec = _open_writer(cv2, tmp, fps, (width, height), os.fspath(path))
         try:
             for t in range(frames):
                 # Positions bounce between 0 and the far edge (a triangle wave).
@@ -758,8 +947,11 @@ def write_synthetic_video(path, frames=48, size=(320, 240), fps=12.0, seed=0):
                 writer.write(cv2.cvtColor(np.asarray(img), cv2.COLOR_RGB2BGR))
         finally:
             writer.release()
+        if frames:
+            _check_written(cv2, tmp, os.fspath(path), frames)
     return codec
 
 
-__all__ = ["VideoTest", "VideoResult", "VideoReadError", "detect_video", "detection_record", "is_video_path",
-           "display_available", "import_cv2", "write_synthetic_video", "VIDEO_EXTENSIONS", "OUTPUT_CODECS"]
+__all__ = ["VideoTest", "VideoResult", "VideoReadError", "VideoWriteError", "detect_video", "detection_record",
+           "is_video_path", "display_available", "import_cv2", "write_synthetic_video", "VIDEO_EXTENSIONS",
+           "OUTPUT_CODECS"]

@@ -25,25 +25,35 @@ def draw_detections(image, detections, classes, min_score=0.0):
         min_score: leave out detections scored below this.
 
     Returns:
-        an RGB ``PIL.Image``.
+        an RGB ``PIL.Image``. A box's outline lies inside it (``xmax`` is the
+        right edge of the last pixel column, so a box reaching the image's
+        edge shows its whole outline there); the label sits above the box,
+        or inside it at the image's top, and is moved left / up as far as
+        needed to stay whole inside the image.
     """
     img = (Image.fromarray(np.asarray(image, dtype=np.uint8)) if not isinstance(image, Image.Image)
            else image).convert("RGB")
     draw = ImageDraw.Draw(img)
     font = ImageFont.load_default()
     width = max(2, round(min(img.size) / 200))
+    img_w, img_h = img.size
     for label, score, x0, y0, x1, y1 in np.asarray(detections, dtype=np.float64).reshape(-1, 6):
         if score < min_score:
             continue
         label = int(label)
         colour = class_colour(label)
         name = classes[label - 1] if 0 < label <= len(classes) else str(label)
-        draw.rectangle((x0, y0, x1, y1), outline=colour, width=width)
+        # Pillow's rectangle includes its far corner: pixel x1 - 1 is the box's last column.
+        draw.rectangle((x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)), outline=colour, width=width)
         text = f"{name} {score:.2f}"
-        left, top, right, bottom = draw.textbbox((x0, y0), text, font=font)
-        ty = y0 - (bottom - top) - 4 if y0 - (bottom - top) - 4 >= 0 else y0
-        draw.rectangle((x0, ty, x0 + (right - left) + 4, ty + (bottom - top) + 4), fill=colour)
-        draw.text((x0 + 2, ty + 1), text, fill=(0, 0, 0), font=font)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        label_w, label_h = right - left + 4, bottom - top + 4  # the filled box, 2 px margins
+        ty = y0 - label_h if y0 - label_h >= 0 else y0
+        # Whole inside the image (pixels 0 .. size - 1), the left / top edge winning if it is too small.
+        lx = max(0, min(max(x0, 0), img_w - 1 - label_w))
+        ty = max(0, min(max(ty, 0), img_h - 1 - label_h))
+        draw.rectangle((lx, ty, lx + label_w, ty + label_h), fill=colour)
+        draw.text((lx + 2, ty + 1), text, fill=(0, 0, 0), font=font)
     return img
 
 

@@ -568,6 +568,38 @@ def test_detect_videos_that_share_a_name_and_an_unreadable_video(tmp_path, capsy
     assert not (tmp_path / "cam").exists()
 
 
+def test_ctrl_c_in_a_video_stops_the_whole_detect_run(tmp_path, capsys, monkeypatch):
+    """detect_video returns (outputs kept) on Ctrl-C; the command then stops with status 130, where q in
+    the window only ends that video."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import ssd300.video
+    from ssd300.video import VideoResult
+    from tests.test_export import fake_onnx_detector
+
+    model = fake_onnx_detector(tmp_path / "m.onnx", metadata={"num_classes": "21"})
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    pic = picture(tmp_path / "p.jpg", 20, 20)
+    calls = []
+
+    def fake_detect_video(detector, source, out_video, out_jsonl, **options):
+        calls.append(os.path.basename(source))
+        result = VideoResult(source, frames=3, processed=3, width=20, height=20, fps=10.0)
+        result.interrupted = why
+        return result
+
+    monkeypatch.setattr(ssd300.video, "detect_video", fake_detect_video)
+    for why, status, seen in (("ctrl-c", 130, ["a.mp4"]), ("key", 0, ["a.mp4", "b.mp4"])):
+        calls.clear()
+        code, printed, err = run(capsys, "detect", "--model", model, "--out", tmp_path / why,
+                                 tmp_path / "a.mp4", tmp_path / "b.mp4", pic)
+        assert (code, calls) == (status, seen), err
+        assert f"{tmp_path / 'a.mp4'}: 3 frames, detector on 3" in printed and "(interrupted; outputs kept)" in printed
+        assert (tmp_path / why / "p.png").exists() == (why == "key")
+        assert ("interrupted" in err) == (why == "ctrl-c")
+
+
 def test_detect_leaves_no_empty_output_folder_when_every_input_fails(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     from tests.test_export import fake_onnx_detector
