@@ -6,6 +6,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path
+from .errors import UserError
 
 
 def class_colour(label):
@@ -58,9 +59,17 @@ def draw_detections(image, detections, classes, min_score=0.0):
 
 
 def save_atomic(image, path):
-    """Save a ``PIL.Image`` by writing a temporary file and renaming it."""
-    with atomic_path(path) as tmp:
-        image.save(tmp)
+    """Save a ``PIL.Image`` by writing a temporary file and renaming it.
+
+    Raises:
+        UserError: ``path`` cannot be written (a full disk, no permission);
+            its old content, if any, is kept.
+    """
+    try:
+        with atomic_path(path) as tmp:
+            image.save(tmp)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def plot_history(history, path, title="SSD300 training"):

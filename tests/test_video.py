@@ -722,3 +722,27 @@ def test_argument_errors_name_the_argument(clip, tmp_path):
             detect_video(Boxes(), clip, out_jsonl=tmp_path / "o.jsonl", progress=False, **kwargs)
         assert str(info.value) == f"detect_video: {message}"
     assert_only(tmp_path, [])
+
+
+def test_save_atomic_names_a_picture_it_cannot_write(tmp_path, monkeypatch):
+    import errno
+
+    from PIL import Image
+
+    from ssd300.errors import UserError
+    from ssd300.visualize import save_atomic
+
+    picture = Image.new("RGB", (4, 4))
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'no' / 'x.png'}: cannot write \("):
+        save_atomic(picture, tmp_path / "no" / "x.png")
+    (tmp_path / "old.png").write_bytes(b"old")
+
+    def full_disk(self, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", full_disk)
+    with pytest.raises(UserError, match=rf"^{tmp_path / 'old.png'}: cannot write \(No space left on device\)$"):
+        save_atomic(picture, tmp_path / "old.png")
+    assert sorted(os.listdir(tmp_path)) == ["old.png"] and (tmp_path / "old.png").read_bytes() == b"old"
