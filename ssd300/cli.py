@@ -478,6 +478,7 @@ def _cmd_evaluate(args):
     _model_source(args, "evaluate")
     if args.coco_json:
         return _evaluate_coco(args)
+    args.split = args.split or "test"
     if not args.voc_root:
         raise UserError("evaluate needs --voc-root or --coco-json")
     from .datasets import read_voc
@@ -507,7 +508,10 @@ def _evaluate_coco(args):
     from .datasets import coco_source
     from .evaluation import format_ap_table
 
-    annotation_file, images = coco_source(args.coco_json, args.images, args.split)
+    if args.split is not None and os.path.isfile(args.coco_json):
+        raise UserError(f"{args.coco_json} is a COCO JSON file, which has no splits: --split {args.split} is "
+                        f"only for a dataset folder")
+    annotation_file, images = coco_source(args.coco_json, args.images, args.split or "test")
     if args.model:
         detector = _onnx_detector(args)
         classes = detector.classes
@@ -740,7 +744,7 @@ def build_parser(prog="ssd300", train_prog=None):
     p.add_argument("--coco-json", help="a COCO JSON file (with --images), or a COCO/Roboflow dataset folder")
     p.add_argument("--images", help="the image folder of --coco-json (default: the JSON file's folder)")
     p.add_argument("--results-json", help="COCO results file to write (default: OUT/detections.coco.json)")
-    p.add_argument("--split", default="test", help="(default: test; a Roboflow folder has train/valid/test)")
+    p.add_argument("--split", help="(default: test; a Roboflow folder has train/valid/test; not for a COCO JSON file)")
     p.add_argument("--batch-size", type=_positive_int, default=8)
     p.add_argument("--voc2010-metric", action="store_true", help="area under the curve, not 11-point")
     p.add_argument("--out", default="results", help="folder for the devkit result files")

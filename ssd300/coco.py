@@ -249,7 +249,8 @@ def _outside(name):
 
 
 def _categories(raw, path):
-    """``{category id: name}`` in file order; a broken category list always raises."""
+    """``{category id: name}`` in file order, names stripped of surrounding white space;
+    a broken category list (or an empty name) always raises."""
     names = {}
     for i, cat in enumerate(raw["categories"]):
         if not isinstance(cat, dict) or not _is_int(cat.get("id")) or not isinstance(cat.get("name"), str):
@@ -258,7 +259,13 @@ def _categories(raw, path):
         if cat["id"] in names:
             raise AnnotationError(f"{path}: category id {cat['id']} is listed twice "
                                   f"({names[cat['id']]!r} and {cat['name']!r})")
-        names[cat["id"]] = cat["name"]
+        # Stripped as the VOC reader strips <name> and classes.txt readers strip
+        # lines: the classes.txt written beside the weights must read back the same.
+        name = cat["name"].strip()
+        if not name:
+            raise AnnotationError(f"{path}: category id {cat['id']} has an empty name "
+                                  f"({cat['name']!r})")
+        names[cat["id"]] = name
     return names
 
 
@@ -562,6 +569,14 @@ def _load_coco(path, image_dir, classes, keep_empty, on_error, skip_difficult, e
                        evaluation=evaluation)
 
 
+def _listdir(path):
+    """``os.listdir(path)``; :class:`UserError` naming the folder when it cannot be read."""
+    try:
+        return os.listdir(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
 def _split_names(split):
     names = [split]
     if split in _SPLIT_ALIASES:
@@ -601,7 +616,7 @@ def find_coco_split(root, split):
     ann_dir = os.path.join(root, "annotations")
     if os.path.isdir(ann_dir):
         for name in _split_names(split):
-            found = sorted(f for f in os.listdir(ann_dir)
+            found = sorted(f for f in _listdir(ann_dir)
                            if f.startswith(f"instances_{name}") and f.endswith(".json"))
             for f in found:
                 images = os.path.join(root, f[len("instances_"):-len(".json")])
@@ -614,7 +629,7 @@ def find_coco_split(root, split):
 
 def _describe(root):
     splits = coco_splits(root)
-    entries = sorted(os.listdir(root))
+    entries = sorted(_listdir(root))
     shown = ", ".join(entries[:20]) + (f", ... ({len(entries)} entries)" if len(entries) > 20 else "")
     return (f"Splits found: {', '.join(splits) if splits else 'none'}. "
             f"The folder holds: {shown or 'nothing'}")
@@ -625,7 +640,7 @@ def coco_splits(root):
     root = os.fspath(root)
     if not os.path.isdir(root):
         return []
-    return sorted(d for d in os.listdir(root)
+    return sorted(d for d in _listdir(root)
                   if os.path.isfile(os.path.join(root, d, ROBOFLOW_ANNOTATIONS)))
 
 
@@ -636,4 +651,4 @@ def is_coco_root(path):
         return True
     ann_dir = os.path.join(path, "annotations")
     return os.path.isdir(ann_dir) and any(f.startswith("instances_") and f.endswith(".json")
-                                          for f in os.listdir(ann_dir))
+                                          for f in _listdir(ann_dir))

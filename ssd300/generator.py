@@ -21,8 +21,8 @@ import numpy as np
 
 from .augment import Augmentation, OriginalAugmentation, PaperAugmentation
 from .errors import UserError
-from .image_io import (ImageError, keys_used_as_stored, open_rgb, planes, preprocess_input, resize_pil,
-                       write_planes)
+from .image_io import (ImageError, keys_used_as_stored, open_rgb, planes, preprocess_input, read_header,
+                       resize_pil, write_planes)
 from .voc import annotation_sizes  # noqa: F401 - also ssd300.generator's, where it used to live
 
 
@@ -74,6 +74,42 @@ class SamplePipeline:
 
     def image_path(self, key):
         return self.path_prefix + key
+
+    def readable(self, keys, part=""):
+        """The keys whose image header can be read, in order; one warning names the others.
+
+        Used with ``skip_bad_images`` so that no batch is left without an
+        image: a batch of unreadable images only would have nothing to
+        train on. Reads only the headers (about 0.1 ms an image).
+
+        Args:
+            keys: image keys.
+            part: names the keys in messages (``"training"``, ``"validation"``).
+
+        Returns:
+            list of keys.
+
+        Raises:
+            ImageError: no image is readable.
+        """
+        keys = list(keys)
+        good, bad = [], []
+        for key in keys:
+            try:
+                read_header(self.image_path(key))
+            except ImageError as e:
+                bad.append((key, e))
+                continue
+            good.append(key)
+        if bad and not good:
+            raise ImageError(f"none of the {len(keys)} {part + ' ' if part else ''}images can be read "
+                             f"(first: {bad[0][1]})")
+        if bad:
+            shown = "; ".join(str(e) for _, e in bad[:10]) + ("; ..." if len(bad) > 10 else "")
+            warnings.warn(f"{len(bad)} of {len(keys)} {part + ' ' if part else ''}images cannot be read "
+                          f"and are skipped: {shown}",
+                          stacklevel=3)
+        return good
 
     @functools.cached_property
     def empty_target(self):
@@ -132,7 +168,10 @@ class SamplePipeline:
             targets[count] = target
             count += 1
         if not count:
-            raise ImageError(f"no readable image in batch ({', '.join(map(str, keys))})")
+            # Recorded like the error above, for the training to report it instead of
+            # Keras's re-raised one.
+            self.failure = ImageError(f"no readable image in batch ({', '.join(map(str, keys))})")
+            raise self.failure
         return images[:count], targets[:count]
 
 
@@ -304,7 +343,9 @@ class Generator:
             :class:`ssd300.augment.OriginalAugmentation`.
         augment: ``"original"`` (default) or ``"paper"``.
         seed: seed of the shuffling and augmentation, for reproducible runs.
-        skip_bad_images: warn and skip an unreadable image instead of raising.
+        skip_bad_images: warn and skip an unreadable image instead of raising:
+            images whose header cannot be read leave the keys at once (see
+            :meth:`SamplePipeline.readable`), others when they are loaded.
         sizes: optional ``{key: (width, height)}`` of the annotations, for the
             EXIF orientation check (see :class:`SamplePipeline`).
 
@@ -339,6 +380,10 @@ class Generator:
             sizes = {k: v for k, v in sizes.items() if k in wanted}
         self.pipeline = SamplePipeline(gt, bbox_util, path_prefix, image_size, augment, sizes=sizes,
                                        **options)
+        if skip_bad_images:  # unreadable images leave now, so that no batch is empty
+            self.train_keys = self.pipeline.readable(self.train_keys, "training") if self.train_keys else []
+            self.val_keys = self.pipeline.readable(self.val_keys, "validation") if self.val_keys else []
+            self.train_batches, self.val_batches = len(self.train_keys), len(self.val_keys)
         self.rng = np.random.default_rng(seed)
 
     def generate(self, train=True):
@@ -385,6 +430,10 @@ class SSDDataset(_pydataset_base()):
         drop_last: leave out the last partial batch (default: keep it, so an
             epoch sees every image once).
         skip_bad_images: warn and skip an unreadable image instead of raising.
+            Images whose header cannot be read leave ``keys`` here, with one
+            warning (:meth:`SamplePipeline.readable`), so no batch is empty
+            and the batches, shards and steps are those of the readable keys;
+            an image that fails later, when loaded, is left out of its batch.
         workers, use_multiprocessing, max_queue_size: ``PyDataset``'s.
         sizes: optional ``{key: (width, height)}`` of the annotations, for the
             EXIF orientation check (see :class:`SamplePipeline`).
@@ -426,6 +475,9 @@ class SSDDataset(_pydataset_base()):
             sizes = {k: v for k, v in sizes.items() if k in wanted}
         self.pipeline = SamplePipeline(gt, bbox_util, path_prefix, image_size,
                                        augment if train else None, sizes=sizes, **augment_options)
+        if skip_bad_images:
+            # Before anything counts the keys: __len__, the order and the shards follow them.
+            self.keys = self.pipeline.readable(self.keys, "training" if train else "validation")
         self._pid = os.getpid()
         if self._pid not in _CLEANING:  # files of batches that worker processes made but never sent
             _CLEANING.add(self._pid)

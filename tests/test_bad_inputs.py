@@ -417,6 +417,114 @@ def test_coco_sub_pixel_box_is_refused_not_inverted(tmp_path, bbox):
         load_coco(path)
 
 
+# --------------------------------------------------------------------------- training data
+
+
+def _config(**fields):
+    """The dataset fields of a ``TrainConfig`` (its defaults), all that ``load_training_data`` reads."""
+    from types import SimpleNamespace
+
+    defaults = dict(voc_root="VOCdevkit/VOC2007", coco_json=None, images=None, split="trainval",
+                    classes=None, val_fraction=0.1, seed=0, skip_difficult=False,
+                    skip_bad_annotations=False)
+    return SimpleNamespace(**{**defaults, **fields})
+
+
+def _all_difficult(root):
+    for path in (root / "Annotations").glob("*.xml"):
+        text = path.read_text()
+        assert "<difficult>0</difficult>" in text
+        path.write_text(text.replace("<difficult>0</difficult>", "<difficult>1</difficult>"))
+    # The objects of the training list.
+    return sum((root / "Annotations" / f"{i}.xml").read_text().count("<object>")
+               for i in read_split(root, "trainval"))
+
+
+def test_no_object_to_train_on_voc(broken):
+    """Every object difficult with --skip-difficult: refused, as the COCO reader refuses it."""
+    from ssd300.datasets import load_training_data
+
+    objects, images = _all_difficult(broken), len(read_split(broken, "trainval"))
+    assert load_training_data(_config(voc_root=str(broken))).train_keys  # kept without the option
+    with pytest.raises(UserError, match=rf"^{re.escape(str(broken))} \(split 'trainval'\): no object to "
+                                        rf"train on \({images} images with annotations; --skip-difficult "
+                                        rf"left out the {objects} difficult objects\)$"):
+        load_training_data(_config(voc_root=str(broken), skip_difficult=True))
+    # Images without objects only.
+    for path in (broken / "Annotations").glob("*.xml"):
+        path.write_text(re.sub(r"<object>.*?</object>", "", path.read_text(), flags=re.S))
+    with pytest.raises(UserError, match=r"no object to train on \(\d+ images with annotations\)$"):
+        load_training_data(_config(voc_root=str(broken)))
+
+
+def test_no_object_to_train_on_through_the_cli(broken, tmp_path, capsys):
+    _all_difficult(broken)
+    status, _, err = run_cli(capsys, *train_args(broken, tmp_path / "run", "--skip-difficult"), train=True)
+    assert status == 2 and "no object to train on" in err and "--skip-difficult left out" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_no_object_to_train_on_coco(tmp_path):
+    from ssd300.datasets import load_training_data
+
+    doc = coco_doc()
+    for ann in doc["annotations"]:
+        ann["difficult"] = 1
+    path = write_bytes(tmp_path / "ann.json", json.dumps(doc))
+    write_bytes(tmp_path / "a.jpg", _jpeg_bytes())
+    write_bytes(tmp_path / "b.jpg", _jpeg_bytes())
+    assert len(load_training_data(_config(coco_json=str(path))).train_keys) == 1
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))}: no object to train on \(0 images with "
+                                        rf"annotations; --skip-difficult leaves out the difficult objects\)$"):
+        load_training_data(_config(coco_json=str(path), skip_difficult=True))
+
+
+def test_val_fraction_that_leaves_no_training_image(voc):
+    from ssd300.datasets import load_training_data
+
+    # trainval of the synthetic set: its images, of which 0.9 leave round(0.1 n) for training.
+    n = len(read_split(voc, "trainval"))
+    data = load_training_data(_config(voc_root=str(voc), val_fraction=0.9))
+    assert len(data.train_keys) == round(0.1 * n) >= 1 and len(data.val_keys) == n - len(data.train_keys)
+    with pytest.raises(UserError, match=rf"^{re.escape(str(voc))} \(split 'trainval'\): val-fraction 0.99 of "
+                                        rf"{n} images leaves no training image \(use less than 0.9\d*\)$"):
+        load_training_data(_config(voc_root=str(voc), val_fraction=0.99))
+
+
+def test_coco_file_without_images_folder_checks_its_images(tmp_path):
+    """The JSON file's folder is checked as an --images folder is, before training."""
+    from ssd300.datasets import load_training_data
+
+    doc = coco_doc()
+    doc["images"].append({"id": 3, "file_name": "c.jpg", "width": 48, "height": 40})
+    doc["annotations"].append({"id": 12, "image_id": 3, "category_id": 3, "bbox": [1, 2, 3, 4]})
+    path = write_bytes(tmp_path / "ann.json", json.dumps(doc))
+    write_bytes(tmp_path / "a.jpg", _jpeg_bytes())
+    write_bytes(tmp_path / "b.jpg", _jpeg_bytes())
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(path))}: image id 3: image .*c.jpg not found"):
+        load_training_data(_config(coco_json=str(path)))
+    write_bytes(tmp_path / "c.jpg", _jpeg_bytes())
+    data = load_training_data(_config(coco_json=str(path)))
+    assert data.image_dir == str(tmp_path) and len(data.train_keys) + len(data.val_keys) == 3
+
+
+def test_coco_options_that_would_be_ignored(tmp_path):
+    from ssd300.datasets import load_training_data
+
+    split = tmp_path / "export" / "valid"
+    path = write_bytes(split / "_annotations.coco.json", json.dumps(coco_doc()))
+    write_bytes(split / "a.jpg", _jpeg_bytes())
+    write_bytes(split / "b.jpg", _jpeg_bytes())
+    # A split folder of a Roboflow export, given directly.
+    data = load_training_data(_config(coco_json=str(split)))
+    assert data.image_dir == str(split) and sorted(data.train_keys + data.val_keys) == ["a.jpg", "b.jpg"]
+    with pytest.raises(UserError, match=rf"{re.escape(str(split))} is a dataset folder: .*--images"):
+        load_training_data(_config(coco_json=str(split), images=str(tmp_path)))
+    with pytest.raises(UserError, match=rf"^{re.escape(str(path))} is a COCO JSON file, which has no splits: "
+                                        rf"--split test"):
+        load_training_data(_config(coco_json=str(path), split="test"))
+
+
 # --------------------------------------------------------------------------- images
 
 IMAGE_CASES = [
@@ -507,9 +615,35 @@ def test_bad_images_are_skipped_in_training_when_asked(voc, tmp_path, capsys):
                                                        "--batch-size", batch, "--steps-per-epoch", steps),
                                    train=True)
     assert status == 0, (out, err)
-    skipped = {str(w.message) for w in caught if "image skipped" in str(w.message)}
+    # The text file leaves the keys at the start (its header is not an image's), the
+    # truncated JPEG its batch when it is loaded.
+    skipped = {str(w.message) for w in caught if "skipped" in str(w.message)}
     assert any(f"{first}: not a readable image" in m for m in skipped), skipped
     assert any(f"{second}: not a readable image" in m for m in skipped), skipped
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")[2]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_bad_images_alone_in_their_batch_are_skipped_when_asked(voc, tmp_path, capsys):
+    """Batch size 1: a missing picture and a text file used to leave an empty batch."""
+    from ssd300.voc import random_split
+
+    root = tmp_path / "VOC"
+    shutil.copytree(voc, root)
+    keys = sorted(f"{i}.jpg" for i in read_split(root, "trainval"))
+    train_keys, _ = random_split(keys, 0.9, seed=0)
+    (root / "JPEGImages" / train_keys[0]).unlink()
+    (root / "JPEGImages" / train_keys[1]).write_text("not a picture")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        status, out, err = run_cli(capsys, *train_args(root, tmp_path / "run", "--skip-bad-images",
+                                                       "--batch-size", 1, "--steps-per-epoch", len(train_keys)),
+                                   train=True)
+    assert status == 0, (out, err)
+    skipped = [str(w.message) for w in caught if "cannot be read and are skipped" in str(w.message)]
+    assert len(skipped) == 1 and f"2 of {len(train_keys)} training images" in skipped[0], skipped
+    assert f"{train_keys[0]}: image not found" in skipped[0] and f"{train_keys[1]}: not a readable" in skipped[0]
+    assert f"training on {len(train_keys)} images" in out
     assert load_checkpoint(tmp_path / "run" / "checkpoint.npz")[2]["epoch"] == 1
 
 

@@ -150,6 +150,11 @@ def test_demo_and_training_options_that_would_be_ignored_are_refused(capsys):
     with pytest.raises(SystemExit):
         train_main(["--help"])
     assert capsys.readouterr().out.startswith("usage: ssd_training.py [-h] [--voc-root VOC_ROOT]")
+    status, _, err = run(capsys, "evaluate", "--weights", "never-read.h5", "--coco-json",
+                         ROOT / "tests" / "__init__.py", "--split", "valid")
+    assert status == 2 and one_error_line(err) == (
+        f"error: {ROOT / 'tests' / '__init__.py'} is a COCO JSON file, which has no splits: --split valid is only "
+        f"for a dataset folder")
 
 
 def test_recipes_and_bad_options(capsys):

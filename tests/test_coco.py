@@ -1,6 +1,7 @@
 """COCO JSON datasets: known answers, every bad record, a large file, Roboflow's real export."""
 
 import json
+import os
 import re
 import time
 import warnings
@@ -8,7 +9,8 @@ import warnings
 import numpy as np
 import pytest
 
-from ssd300.coco import (BOX_TOLERANCE, CocoDataset, find_coco_split, is_coco_root, load_coco)
+from ssd300.coco import (BOX_TOLERANCE, CocoDataset, coco_splits, find_coco_split, is_coco_root, load_coco)
+from ssd300.datasets import coco_source
 from ssd300.errors import UserError
 from ssd300.voc import VOC_CLASSES, AnnotationError
 from tests.conftest import shared_path
@@ -375,6 +377,72 @@ def test_find_coco_split(tmp_path):
     assert is_coco_root(coco)
     assert find_coco_split(coco, "val") == (str(coco / "annotations" / "instances_val2017.json"),
                                             str(coco / "val2017"))
+
+
+def test_unreadable_dataset_folder_is_named(tmp_path, monkeypatch):
+    """As for a folder of another user (``chmod 700``): no PermissionError traceback."""
+    root = tmp_path / "private"
+    root.mkdir()
+
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr("os.listdir", refuse)
+    for call in (coco_splits, is_coco_root, lambda p: find_coco_split(p, "train")):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(root))}: cannot read \(Permission denied\)$"):
+            call(root)
+    # The folder readable, its annotations/ (COCO's layout) not.
+    (root / "annotations").mkdir()
+    monkeypatch.setattr("os.listdir", lambda p: refuse(p) if os.fspath(p).endswith("annotations") else [])
+    for call in (is_coco_root, lambda p: find_coco_split(p, "train")):
+        with pytest.raises(UserError, match=rf"^{re.escape(str(root / 'annotations'))}: cannot read "):
+            call(root)
+
+
+def test_category_names_are_stripped_as_class_files_read_them(tmp_path):
+    """classes.txt written from the names must read back the same (its readers strip lines)."""
+    doc = coco_doc()
+    doc["categories"][1]["name"] = " dog"
+    doc["categories"][2]["name"] = "cat \t"
+    path = write_json(tmp_path, doc)
+    ds = load_coco(path)
+    assert ds.classes == ("cat", "dog") and ds.category_ids == (2, 5)
+    assert load_coco(path, classes=["dog", "cat"]).category_ids == (5, 2)
+    doc["categories"][2]["name"] = "dog "  # the same name once stripped
+    with pytest.raises(AnnotationError, match=r"categories 2 and 5 have the same name 'dog'"):
+        load_coco(write_json(tmp_path, doc))
+
+
+@pytest.mark.parametrize("name", ["", "  ", "\n"])
+def test_empty_category_name_is_refused(tmp_path, name):
+    doc = coco_doc()
+    doc["categories"][2]["name"] = name
+    path = write_json(tmp_path, doc)
+    with pytest.raises(AnnotationError, match=rf"^{re.escape(str(path))}: category id 2 has an empty name"):
+        load_coco(path)
+
+
+def test_coco_source(tmp_path, monkeypatch):
+    root = tmp_path / "export"
+    for split in ("train", "valid"):
+        (root / split).mkdir(parents=True)
+        (root / split / "_annotations.coco.json").write_text("{}")
+    ann = root / "valid" / "_annotations.coco.json"
+    # A split folder of a Roboflow export given directly.
+    assert coco_source(root / "valid") == (str(ann), str(root / "valid"))
+    assert coco_source(root, split="valid") == (str(ann), str(root / "valid"))
+    assert coco_source(root, split="trainval") == coco_source(root / "train")
+    # A file: its folder holds the images unless told otherwise (load_coco then checks them).
+    assert coco_source(ann) == (str(ann), str(root / "valid"))
+    assert coco_source(ann, tmp_path / "img") == (str(ann), str(tmp_path / "img"))
+    monkeypatch.chdir(root / "valid")
+    assert coco_source("_annotations.coco.json") == ("_annotations.coco.json", ".")
+    monkeypatch.undo()
+    # An image folder with a dataset folder would be ignored: refused.
+    for folder in (root, root / "valid"):
+        with pytest.raises(UserError, match=rf"{re.escape(str(folder))} is a dataset folder.*--images "
+                                            rf"{re.escape(str(tmp_path / 'img'))} is only for a COCO JSON"):
+            coco_source(folder, tmp_path / "img")
 
 
 def test_roboflow_export():

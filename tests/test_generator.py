@@ -119,11 +119,91 @@ def test_bad_images_name_the_file(tmp_path, synth, util):
     ds = SSDDataset(gt, util, f"{root}/JPEGImages", [keys[0], "missing.jpg"], (300, 300), batch_size=2)
     with pytest.raises(ImageError, match="missing.jpg: image not found"):
         ds[0]
-    skipping = SSDDataset(gt, util, f"{root}/JPEGImages", [keys[0], "missing.jpg"], (300, 300),
+    # An image whose header reads but whose data does not is skipped when its batch is made.
+    with open(os.path.join(root, "JPEGImages", keys[0]), "rb") as f:
+        jpeg = f.read()
+    (tmp_path / "third.jpg").write_bytes(jpeg[:len(jpeg) // 3])
+    gt["good.jpg"] = gt["third.jpg"] = prep.data[keys[0]]
+    skipping = SSDDataset(gt, util, tmp_path, ["good.jpg", "third.jpg"], (300, 300),
                           batch_size=2, skip_bad_images=True)
-    with pytest.warns(UserWarning, match="missing.jpg: image not found; image skipped"):
+    assert skipping.keys == ["good.jpg", "third.jpg"]
+    with pytest.warns(UserWarning, match="third.jpg: not a readable image.*; image skipped"):
         x, y = skipping[0]
     assert x.shape[0] == 1 and y.shape[0] == 1
+
+
+def _with_bad_images(synth):
+    """``(gt, keys)``: the synthetic keys with a missing image and a text file among them."""
+    root, prep, keys = synth
+    gt = dict(prep.data)
+    gt["missing.jpg"] = gt["../not-an-image.txt"] = prep.data[keys[0]]
+    return gt, [keys[0], "missing.jpg", keys[1], "../not-an-image.txt", keys[2]]
+
+
+@pytest.fixture
+def text_file(synth):
+    path = os.path.join(synth[0], "not-an-image.txt")
+    with open(path, "w") as f:
+        f.write("garbage")
+    yield path
+    os.unlink(path)
+
+
+@pytest.mark.filterwarnings("ignore:.*cannot be read and are skipped")
+def test_skip_bad_images_leaves_no_batch_empty(synth, util, text_file):
+    """With batch size 1 an unreadable image alone in its batch used to give an empty batch."""
+    root, prep, keys = synth
+    gt, mixed = _with_bad_images(synth)
+    with pytest.warns(UserWarning, match=r"2 of 5 training images cannot be read and are skipped: "
+                                         r".*missing.jpg: image not found; .*not-an-image.txt: "
+                                         r"not a readable image") as caught:
+        ds = SSDDataset(gt, util, f"{root}/JPEGImages", mixed, (64, 64), batch_size=1, train=True,
+                        skip_bad_images=True)
+    assert len([w for w in caught if "cannot be read" in str(w.message)]) == 1
+    assert ds.keys == [keys[0], keys[1], keys[2]] and len(ds) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left to skip while loading
+        assert [ds[i][0].shape[0] for i in range(3)] == [1, 1, 1]
+    # A one-image validation set, and the last partial batch.
+    val = SSDDataset(gt, util, f"{root}/JPEGImages", ["missing.jpg", keys[3]], (64, 64), batch_size=4,
+                     train=False, skip_bad_images=True)
+    assert val.keys == [keys[3]] and len(val) == 1 and val[0][0].shape == (1, 64, 64, 3)
+    # Shards and steps count the readable keys: 3 keys, batches of 2, shards of 1.
+    shards = [SSDDataset(gt, util, f"{root}/JPEGImages", mixed, (64, 64), batch_size=2, seed=1,
+                         drop_last=True, num_shards=2, shard_index=i, skip_bad_images=True)
+              for i in range(2)]
+    assert [len(s) for s in shards] == [1, 1]
+    whole = SSDDataset(gt, util, f"{root}/JPEGImages", keys[:3], (64, 64), batch_size=2, seed=1,
+                       drop_last=True)
+    joined = np.concatenate([shards[0][0][1], shards[1][0][1]])
+    np.testing.assert_array_equal(joined, whole[0][1])
+    assert len(SSDDataset(gt, util, f"{root}/JPEGImages", mixed, (64, 64), batch_size=1,
+                          steps_per_epoch=2, skip_bad_images=True)) == 2
+    # The original Generator drops them too, so a batch of 1 never fails.
+    gen = Generator(gt, util, 1, f"{root}/JPEGImages", mixed, ["missing.jpg", keys[3]], (64, 64),
+                    skip_bad_images=True)
+    assert gen.train_keys == keys[:3] and gen.val_keys == [keys[3]]
+    assert next(gen.generate(False))[0].shape == (1, 64, 64, 3)
+
+
+def test_skip_bad_images_with_no_readable_image(synth, util, text_file):
+    root, prep, keys = synth
+    gt, _ = _with_bad_images(synth)
+    with pytest.raises(ImageError, match=r"none of the 2 validation images can be read \(first: .*missing.jpg: "
+                                         r"image not found\)"):
+        SSDDataset(gt, util, f"{root}/JPEGImages", ["missing.jpg", "../not-an-image.txt"], (64, 64),
+                   train=False, skip_bad_images=True)
+
+
+def test_an_empty_batch_is_recorded_as_the_failure(synth, util):
+    """The training reports ``pipeline.failure`` instead of Keras's re-raised error."""
+    root, prep, keys = synth
+    gt, _ = _with_bad_images(synth)
+    pipeline = SamplePipeline(gt, util, f"{root}/JPEGImages", (64, 64))
+    with pytest.warns(UserWarning, match="missing.jpg: image not found; image skipped"):
+        with pytest.raises(ImageError, match=r"no readable image in batch \(missing.jpg\)") as info:
+            pipeline.batch(["missing.jpg"], [np.random.default_rng(0)], True, skip_bad_images=True)
+    assert pipeline.failure is info.value
 
 
 def test_synthetic_dataset_is_deterministic(tmp_path):
