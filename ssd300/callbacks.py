@@ -7,29 +7,39 @@ import time
 import keras
 import numpy as np
 
-from .checkpoint import CHECKPOINT, save_checkpoint, write_log
+from .checkpoint import CHECKPOINT, save_checkpoint, write_log, writing
 from .visualize import plot_history
 from .weights import save_weights_by_name
 
+#: Keys of the run state that describe this process's run, not its last saved epoch: never
+#: written to the checkpoint. ``saved_epoch``: the epochs whose checkpoint is committed;
+#: ``running_epoch``: the epoch in progress (0-based); ``cut``: ``{"epoch", "steps"}`` of an
+#: epoch stopped part-way by :class:`TimeLimit`.
+TRANSIENT = ("saved_epoch", "running_epoch", "cut")
 
-def save_last(model, out, state):
-    """``last.h5`` (weights by name) and ``checkpoint.npz`` (for ``--resume``), each atomically."""
-    save_weights_by_name(model, os.path.join(out, "last.h5"))
-    save_checkpoint(os.path.join(out, CHECKPOINT), model.get_weights(),
-                    [np.asarray(v) for v in model.optimizer.variables], state)
+
+def save_weights(model, path):
+    """:func:`~ssd300.weights.save_weights_by_name`, an ``OSError`` reported as a ``UserError`` naming ``path``."""
+    with writing(path):
+        save_weights_by_name(model, path)
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """After each epoch: ``best.h5``, ``last.h5``, ``checkpoint.npz``, then ``log.csv`` and ``loss.png``.
+    """After each whole epoch: ``best.h5``, ``checkpoint.npz``, then ``log.csv``, ``loss.png`` and ``last.h5``.
 
-    The log is written from the history saved in the checkpoint, after the
-    checkpoint is committed, so a run killed in between never logs an epoch
-    twice.
+    ``checkpoint.npz`` is the commit point: ``state["saved_epoch"]`` follows
+    it, and what comes after it is redone by :meth:`finish` when a Ctrl-C
+    cuts it short, so ``last.h5`` and the log never lag, nor lead, the
+    checkpoint (``best.h5``, written first, may hold the epoch being saved:
+    a resumed run recomputes that epoch exactly). The log is written from the
+    history saved in the checkpoint, so a run killed in between never logs an
+    epoch twice. An epoch cut by the time limit or a non-finite loss
+    (``state["cut"]``, ``state["nan"]``) is not saved.
 
     Args:
         out: the output folder.
         state: the run state (a dict), updated in place: ``epoch``,
-            ``history``, ``best``; read for ``nan`` (set by :class:`StopOnNaN`).
+            ``history``, ``best``, ``saved_epoch``, ``running_epoch``.
         write: write the files (``False`` on the processes other than 0 of
             a distributed run: they keep only ``state``).
     """
@@ -39,26 +49,48 @@ class Checkpointer(keras.callbacks.Callback):
         self.out = out
         self.state = state
         self.write = write
+        self.pending = False  # the checkpoint is committed; log.csv, loss.png, last.h5 not yet
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.state["running_epoch"] = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         state = self.state
-        if state.get("nan"):
-            return  # keep the last good files
-        history = state.setdefault("history", {})
-        for key, value in (logs or {}).items():
-            history.setdefault(key, []).append(float(value))
-        state["epoch"] = epoch + 1
+        if state.get("nan") or state.get("cut"):
+            return  # keep the last whole epoch's files
         logs = logs or {}
+        # The new state is applied once the checkpoint holds it: a Ctrl-C before that leaves
+        # ``state`` describing the files on disk.
+        history = {key: list(values) for key, values in state.get("history", {}).items()}
+        for key, value in logs.items():
+            history.setdefault(key, []).append(float(value))
+        new = {"history": history, "epoch": epoch + 1}
         val = logs.get("val_loss", logs.get("loss"))
         if val is not None and np.isfinite(val) and val < state.get("best", math.inf):
-            state["best"] = float(val)
+            new["best"] = float(val)
             if self.write:
-                save_weights_by_name(self.model, os.path.join(self.out, "best.h5"))
-        if not self.write:
-            return
-        save_last(self.model, self.out, state)
-        write_log(history, os.path.join(self.out, "log.csv"))
-        plot_history(history, os.path.join(self.out, "loss.png"))
+                save_weights(self.model, os.path.join(self.out, "best.h5"))
+        if self.write:
+            saved = {key: value for key, value in state.items() if key not in TRANSIENT}
+            save_checkpoint(os.path.join(self.out, CHECKPOINT), self.model.get_weights(),
+                            [np.asarray(v) for v in self.model.optimizer.variables], {**saved, **new})
+        state.update(new, saved_epoch=epoch + 1)
+        self.pending = True
+        self.finish()
+
+    def finish(self):
+        """Write what follows a committed checkpoint (``log.csv``, ``loss.png``, ``last.h5``), if still due.
+
+        Call it after a ``KeyboardInterrupt`` out of ``fit``: the model still
+        holds the checkpoint's weights while this is due (no step ran since).
+        """
+        if self.pending and self.write:
+            write_log(self.state["history"], os.path.join(self.out, "log.csv"))
+            png = os.path.join(self.out, "loss.png")
+            with writing(png):
+                plot_history(self.state["history"], png)
+            save_weights(self.model, os.path.join(self.out, "last.h5"))
+        self.pending = False
 
 
 class DataEpoch(keras.callbacks.Callback):
@@ -96,25 +128,39 @@ class StopOnNaN(keras.callbacks.Callback):
 class TimeLimit(keras.callbacks.Callback):
     """Stop training (at the end of the current batch) after ``minutes``.
 
+    Keras still validates and ends an epoch stopped part-way; such an epoch
+    is marked ``state["cut"] = {"epoch": N (1-based), "steps": M}`` so that
+    :class:`Checkpointer` does not save it as a whole one, and a resumed run
+    redoes it from its start.
+
     Args:
         minutes: the limit.
+        state: the run state (a dict) shared with :class:`Checkpointer`.
         agree: ``agree(late) -> bool``, the decision every process of a
             distributed run takes (``DataParallelRun.agree``), so that
             all stop at the same step; ``None``: this process's clock.
     """
 
-    def __init__(self, minutes, agree=None):
+    def __init__(self, minutes, state, agree=None):
         super().__init__()
         self.minutes = minutes
+        self.state = state
         self.agree = agree
+        self.epoch = 0
 
     def on_train_begin(self, logs=None):
         self.deadline = time.monotonic() + 60 * self.minutes
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
         late = time.monotonic() > self.deadline
         if self.agree(late) if self.agree else late:
             self.model.stop_training = True
+            steps = self.params.get("steps")
+            if steps is None or batch + 1 < steps:  # the epoch's last step completes it
+                self.state["cut"] = {"epoch": self.epoch + 1, "steps": batch + 1}
 
 
 class ProgressBar(keras.callbacks.Callback):
@@ -123,12 +169,14 @@ class ProgressBar(keras.callbacks.Callback):
     Args:
         initial_epoch: the epoch the run starts from (after ``--resume``).
         bar: show the bar; ``False`` prints the epoch lines only.
+        state: the run state, read for ``cut`` (an epoch stopped by :class:`TimeLimit`).
     """
 
-    def __init__(self, initial_epoch=0, bar=True):
+    def __init__(self, initial_epoch=0, bar=True, state=None):
         super().__init__()
         self.initial_epoch = initial_epoch
         self.show_bar = bar
+        self.state = state if state is not None else {}
         self.bar = None
 
     def on_train_begin(self, logs=None):
@@ -151,6 +199,10 @@ class ProgressBar(keras.callbacks.Callback):
         values = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
                            if k.endswith("loss"))
         line = f"epoch {epoch + 1}/{self.params.get('epochs')}: {values}"
+        cut = self.state.get("cut")
+        if cut:
+            line = (f"epoch {epoch + 1}/{self.params.get('epochs')}: stopped by the time limit after "
+                    f"{cut['steps']} steps, not saved")
         if self.show_bar:
             self.bar.write(line)
         else:

@@ -11,6 +11,7 @@ import glob
 import json
 import os
 import re
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -18,8 +19,12 @@ from .atomic import atomic_path
 from .errors import UserError
 
 CHECKPOINT = "checkpoint.npz"
-# atomic_path's temporary names: "<stem>.tmp<pid><ext>".
-_TEMPORARY = re.compile(r"\.tmp\d+(\.[^.]*)?$")
+#: The files a run writes in its output folder, whose atomic_path temporaries
+#: ("<stem>.tmp<pid><ext>") a killed run can leave behind. Nothing else is touched:
+#: the folder may hold the user's own files named like temporaries.
+RUN_FILES = ("best.h5", "last.h5", "interrupted.h5", CHECKPOINT, "log.csv", "loss.png", "classes.txt",
+             "demo_summary.json")
+_TEMPORARY = re.compile(r"^(?P<stem>.+)\.tmp(?P<pid>\d+)(?P<ext>\.[^.]*)$")
 
 
 def save_checkpoint(path, weights, optimizer_values, state):
@@ -35,8 +40,17 @@ def save_checkpoint(path, weights, optimizer_values, state):
     arrays = {f"w{i}": np.asarray(w) for i, w in enumerate(weights)}
     arrays.update({f"o{i}": np.asarray(v) for i, v in enumerate(optimizer_values)})
     arrays["state"] = np.frombuffer(json.dumps(state).encode("utf8"), dtype=np.uint8)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
+
+
+@contextmanager
+def writing(path):
+    """Report an ``OSError`` while writing ``path`` (no permission, disk full) as a :class:`UserError` naming it."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def load_checkpoint(path):
@@ -59,20 +73,45 @@ def load_checkpoint(path):
 
 
 def remove_stale_temporaries(folder):
-    """Delete temporary files that a killed run left in ``folder``; returns their names."""
+    """Delete the temporaries of :data:`RUN_FILES` that a killed run left in ``folder``.
+
+    Only the names this library writes (``last.tmp<pid>.h5``, ...) whose
+    process is gone: a run still writing keeps its files, and the user's own
+    ``thesis.tmp2.tex`` is not ours.
+
+    Returns:
+        The removed names, sorted.
+    """
     removed = []
     for path in glob.glob(os.path.join(glob.escape(os.fspath(folder)), "*.tmp*")):
-        if _TEMPORARY.search(os.path.basename(path)) and os.path.isfile(path):
+        match = _TEMPORARY.match(os.path.basename(path))
+        if (match and match["stem"] + match["ext"] in RUN_FILES and os.path.isfile(path)
+                and not _running(int(match["pid"]))):
             os.remove(path)
             removed.append(os.path.basename(path))
     return sorted(removed)
+
+
+def _running(pid):
+    """Whether process ``pid`` exists (on this machine; another user's counts)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):  # beyond the pid range: no such process
+        return False
+    return True
 
 
 def write_log(history, path):
     """Write ``{metric: [value per epoch]}`` as ``log.csv`` (columns ``epoch`` and the metrics), atomically."""
     names = sorted(history)
     epochs = max((len(v) for v in history.values()), default=0)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with writing(path), atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["epoch", *names])
         for epoch in range(epochs):

@@ -199,10 +199,10 @@ def training_config(args, base=None):
 
 
 def _exit_status(result):
-    stream = sys.stdout if result.status in ("done", "up_to_date") else sys.stderr
+    stream = sys.stdout if result.status in ("done", "up_to_date", "time_limit") else sys.stderr
     prefix = "error: " if result.status == "nan" else ""
     print(f"{prefix}{result.message}", file=stream)
-    return {"done": 0, "up_to_date": 0, "nan": 1, "interrupted": 130}[result.status]
+    return {"done": 0, "up_to_date": 0, "time_limit": 0, "nan": 1, "interrupted": 130}[result.status]
 
 
 #: The input size when ``--input-size`` is not given: TrainConfig's and the demo's

@@ -70,7 +70,8 @@ def run_demo(config=DEMO, images=DEMO_IMAGES):
     print(f"demo: {config.epochs} epochs at {config.input_size}x{config.input_size}, batch "
           f"{config.batch_size}")
     result = fit(config)
-    if result.status not in ("done", "up_to_date"):
+    # A time limit may stop it before any epoch is saved: then there is nothing to evaluate.
+    if result.status not in ("done", "up_to_date", "time_limit") or not result.epochs:
         return result, None
     summary = evaluate_and_draw(config, root)
     summary["epochs"] = result.epochs

@@ -13,7 +13,9 @@ Two recipes are presets of the configuration (:data:`RECIPES`):
 Outputs, in ``config.out``: ``best.h5`` and ``last.h5`` (weights by layer
 name, Keras 2 layout), ``classes.txt`` (the labels' names), ``checkpoint.npz`` (weights, optimizer state and run
 state, for ``resume``), ``log.csv``, ``loss.png``, optionally
-``tensorboard/``. Every file is written to a temporary name and renamed.
+``tensorboard/``; after a Ctrl-C in the middle of an epoch, ``interrupted.h5``
+(that epoch's partial weights; the checkpoint stays at the last whole epoch).
+Every file is written to a temporary name and renamed.
 
 Example:
 
@@ -25,12 +27,13 @@ Example:
 
 import dataclasses
 import os
+import tempfile
 from dataclasses import dataclass, field
 
 import keras
 
 from .atomic import atomic_path, missing_folders, remove_empty_folders
-from .callbacks import Checkpointer, DataEpoch, ProgressBar, StopOnNaN, TimeLimit, save_last
+from .callbacks import Checkpointer, DataEpoch, ProgressBar, StopOnNaN, TimeLimit, save_weights
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries
 from .datasets import load_training_data
 from .distribute import DEFAULT_TIMEOUT, DISTRIBUTIONS, scope
@@ -47,6 +50,18 @@ from .voc import annotation_sizes
 from .weights import load_vgg16_weights, load_weights_by_name
 
 ORIGINAL_FROZEN = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3")
+
+#: The :class:`TrainConfig` fields that ``resume`` may change: how long, where and how fast
+#: the run goes, not what it computes. ``weights`` is not read on resume (the checkpoint
+#: holds them); ``jit_compile`` and the distribution's rendezvous settings do not change the
+#: training. Every other field is stored in the checkpoint (``state["config"]``) and checked.
+RESUMABLE_CHANGES = frozenset({"epochs", "time_limit", "workers", "multiprocessing", "progress", "tensorboard",
+                               "out", "resume", "weights", "jit_compile", "coordinator", "process_id",
+                               "distribute_timeout"})
+_PATHS = ("voc_root", "coco_json", "images")
+
+#: The status of a run that ``time_limit`` stopped (see :class:`FitResult`; exit status 0).
+TIME_LIMIT = "time_limit"
 
 
 @dataclass(frozen=True)
@@ -140,6 +155,8 @@ class TrainConfig:
             raise UserError(f"input-size must be at least 32 (SSD300's five poolings), got {self.input_size}")
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise UserError(f"steps-per-epoch must be positive, got {self.steps_per_epoch}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
+            raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if self.workers < 1:
             raise UserError(f"workers must be at least 1, got {self.workers}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -176,9 +193,12 @@ class FitResult:
 
     Attributes:
         status: ``"done"``, ``"nan"`` (stopped on a non-finite loss),
-            ``"interrupted"`` (Ctrl-C; a checkpoint was saved) or
+            ``"interrupted"`` (Ctrl-C; the checkpoint of the last whole
+            epoch is kept, the partial epoch's weights are in
+            ``interrupted.h5``), :data:`TIME_LIMIT` (``time_limit``
+            reached; the checkpoint of the last whole epoch is kept) or
             ``"up_to_date"`` (the checkpoint had all epochs already).
-        epochs: epochs completed (from the start of the run, resumes included).
+        epochs: epochs completed and saved (from the start of the run, resumes included).
         best_val_loss: the best validation loss, or ``None``.
         message: one line for the user.
         history: ``{metric: [value per epoch]}``.
@@ -241,23 +261,79 @@ def freeze_layers(model, names):
             raise UserError(f"--freeze: the model has no layer {name!r}") from None
 
 
+def run_definition(config):
+    """The options that define ``config``'s training, as plain JSON values (``state["config"]``).
+
+    Every field but :data:`RESUMABLE_CHANGES`; dataset paths made absolute,
+    tuples made lists, ``freeze`` sorted (its order does not matter).
+    """
+    definition = {}
+    for item in dataclasses.fields(config):
+        value = getattr(config, item.name)
+        if item.name in RESUMABLE_CHANGES:
+            continue
+        if item.name in _PATHS and value is not None:
+            value = os.path.abspath(os.fspath(value))
+        elif item.name == "freeze":
+            value = sorted(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        definition[item.name] = value
+    return definition
+
+
 def read_resume_state(config, classes):
-    """``(weights, optimizer_values, state)`` of ``config.out``'s checkpoint, checked against the run."""
+    """``(weights, optimizer_values, state)`` of ``config.out``'s checkpoint, checked against the run.
+
+    Raises:
+        UserError: the checkpoint is missing or unreadable, was trained for
+            other classes or input size, or with other options (each
+            difference named; a checkpoint without ``state["config"]``,
+            written before options were stored, is not checked for them).
+    """
     path = os.path.join(config.out, CHECKPOINT)
     weights, optimizer_values, state = load_checkpoint(path)
     if state.get("classes") != list(classes) or state.get("input_size") != config.input_size:
         raise UserError(f"{path}: trained for classes {state.get('classes')} at size "
                         f"{state.get('input_size')}, not {list(classes)} at {config.input_size}")
+    saved = state.get("config")
+    if saved is not None:
+        current = run_definition(config)
+        differences = [f"{name.replace('_', '-')} {_show(saved.get(name))}, this run has {_show(value)}"
+                       for name, value in current.items() if saved.get(name, value) != value]
+        differences += [f"{name.replace('_', '-')} {_show(value)}, this run does not have it"
+                        for name, value in saved.items() if name not in current]
+        if differences:
+            raise UserError(f"--resume: {path} was trained with " + "; ".join(differences)
+                            + ". Give the same options to continue it, or another --out for a new run")
     return weights, optimizer_values, state
 
 
+def _show(value):
+    """An option's value as the command line spells it."""
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return ",".join(map(str, value)) or "(none)"
+    return str(value)
+
+
 def restore_optimizer(model, values, path):
-    """Set the compiled optimizer's variables (the step count included) from a checkpoint."""
+    """Set the compiled optimizer's variables (the step count included) from a checkpoint.
+
+    Raises:
+        UserError: the checkpoint's optimizer variables differ in number or
+            shape from this run's (another optimizer, ``freeze`` or
+            ``mixed_precision``).
+    """
     optimizer = model.optimizer  # mixed float16 wraps it in a LossScaleOptimizer
     optimizer.build(model.trainable_variables)
-    if len(optimizer.variables) != len(values):
-        raise UserError(f"{path}: optimizer state does not match (--optimizer, --freeze or "
-                        "--mixed-precision changed since it was written)")
+    expected = [tuple(variable.shape) for variable in optimizer.variables]
+    found = [tuple(value.shape) for value in values]
+    if expected != found:
+        raise UserError(f"{path}: its optimizer state ({len(found)} variables) does not fit this run's "
+                        f"({len(expected)} variables{'' if len(found) != len(expected) else ', other shapes'}): "
+                        "--optimizer, --freeze or --mixed-precision changed since it was written")
     for variable, value in zip(optimizer.variables, values):
         variable.assign(value)
 
@@ -269,14 +345,14 @@ def make_callbacks(config, state, initial_epoch, train_data, run=None):
         DataEpoch(train_data),
         keras.callbacks.LearningRateScheduler(lambda epoch: learning_rate(config, epoch)),
         StopOnNaN(state),
-        Checkpointer(config.out, state, write=chief),
     ]
-    if config.time_limit:
-        callbacks.append(TimeLimit(config.time_limit, agree=run.agree if run else None))
+    if config.time_limit:  # before the Checkpointer: it marks an epoch cut part-way
+        callbacks.append(TimeLimit(config.time_limit, state, agree=run.agree if run else None))
+    callbacks.append(Checkpointer(config.out, state, write=chief))
     if config.tensorboard and chief:
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.out, "tensorboard")))
     if chief:
-        callbacks.append(ProgressBar(initial_epoch, bar=config.progress))
+        callbacks.append(ProgressBar(initial_epoch, bar=config.progress, state=state))
     return callbacks
 
 
@@ -290,11 +366,12 @@ def fit(config):
         :class:`FitResult`.
 
     Raises:
-        UserError: a bad dataset, weights file, checkpoint or option (the
-            message names the file and the problem). A run that fails before
-            its first epoch is saved (bad weights or ``freeze``, an
-            unreadable image in the first batches) leaves ``config.out`` as
-            it found it: no ``classes.txt`` of its own, no new empty folder.
+        UserError: a bad dataset, weights file, checkpoint or option, an
+            output folder that cannot be written (the message names the file
+            and the problem). A run that saves no epoch (it fails, or stops
+            on a NaN, Ctrl-C or the time limit, before its first epoch is
+            saved) leaves ``config.out`` as it found it: no ``classes.txt``
+            of its own (the previous one is put back), no new empty folder.
     """
     run = start_distribution(config)  # None: a plain run on one device
     chief = run is None or run.is_chief
@@ -303,23 +380,35 @@ def fit(config):
     made = missing_folders(config.out)
     try:
         os.makedirs(config.out, exist_ok=True)
+        with tempfile.TemporaryFile(dir=config.out):  # nameless: nothing is left behind
+            pass
     except OSError as e:
-        raise UserError(f"{config.out}: cannot create the output folder ({e.strerror})") from None
+        remove_empty_folders(made)
+        raise UserError(f"{config.out}: cannot write in the output folder ({e.strerror or e})") from None
     classes_file = _RevertibleFile(os.path.join(config.out, "classes.txt"))
-    state = {"epoch": 0, "classes": list(data.classes), "input_size": config.input_size}
-    start_epoch = state["epoch"]
+    state = {"epoch": 0, "classes": list(data.classes), "input_size": config.input_size,
+             "config": run_definition(config)}
+    start_epoch = 0
+
+    def undo():  # no epoch of this run was saved: take back what it wrote
+        if state.get("saved_epoch", start_epoch) == start_epoch:
+            if chief:
+                classes_file.restore()
+            remove_empty_folders(made)  # not one that holds a TensorBoard log or interrupted.h5
+
     try:
         resume = read_resume_state(config, data.classes) if config.resume else None
         if resume:
             state = resume[2]
             start_epoch = state["epoch"]
-        return _train(config, run, data, state, resume, classes_file)
+        state["saved_epoch"] = start_epoch
+        result = _train(config, run, data, state, resume, classes_file)
     except BaseException:
-        if state["epoch"] == start_epoch:  # no epoch of this run was saved: undo what it wrote
-            if chief:
-                classes_file.restore()
-            remove_empty_folders(made)  # not one that holds a TensorBoard log
+        undo()
         raise
+    if result.status != "up_to_date":
+        undo()
+    return result
 
 
 class _RevertibleFile:
@@ -420,19 +509,15 @@ def _train(config, run, data, state, resume, classes_file):
         if start_epoch >= config.epochs:
             return _result("up_to_date", state, data.classes,
                            f"already trained {start_epoch} of {config.epochs} epochs")
+        callbacks = make_callbacks(config, state, start_epoch, train_data, run)
         try:
             # shuffle=False: SSDDataset shuffles by (seed, epoch); Keras would reorder the
             # batches with Python's global random state, which a resumed run cannot restore.
             # The dataset limits the steps per epoch itself (see SSDDataset).
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=start_epoch,
-                      shuffle=False,
-                      callbacks=make_callbacks(config, state, start_epoch, train_data, run), verbose=0)
+                      shuffle=False, callbacks=callbacks, verbose=0)
         except KeyboardInterrupt:
-            if chief:
-                save_last(model, config.out, state)
-            return _result("interrupted", state, data.classes,
-                           f"interrupted: saved {checkpoint_path} (epoch {state['epoch']}); "
-                           "continue with --resume")
+            return _interrupted(model, config.out, state, callbacks, chief, data.classes)
         except Exception as e:
             failure = train_data.pipeline.failure or val_data.pipeline.failure
             if failure is not None:
@@ -445,10 +530,36 @@ def _train(config, run, data, state, resume, classes_file):
                 if state["epoch"] else "no epoch had finished")
         return _result("nan", state, data.classes,
                        f"training stopped: {state['nan']}; {good}. Try a lower --lr.")
+    cut = state.get("cut")
+    if cut or state["epoch"] < config.epochs:  # only the time limit stops a run early without either
+        where = (f"in epoch {cut['epoch']} after {cut['steps']} step{'s' * (cut['steps'] != 1)}" if cut
+                 else f"after epoch {state['epoch']}")
+        kept = (f"checkpoint of epoch {state['epoch']} {'kept' if cut else 'saved'}; --resume continues"
+                if state["epoch"] else "no epoch had finished: nothing saved")
+        return _result(TIME_LIMIT, state, data.classes, f"time limit reached {where}; {kept}")
     best = state.get("best")
     return _result("done", state, data.classes,
                    f"done: {state['epoch']} epochs; best validation loss "
                    f"{best if best is None else round(best, 4)}; weights in {config.out}")
+
+
+def _interrupted(model, out, state, callbacks, chief, classes):
+    """The result of a Ctrl-C out of ``model.fit``: the last whole epoch's files kept, the partial epoch's weights in ``interrupted.h5``."""
+    checkpointer = next(c for c in callbacks if isinstance(c, Checkpointer))
+    checkpointer.finish()  # a Ctrl-C during the epoch-end writes: complete them
+    saved, running = state["saved_epoch"], state.get("running_epoch", state["saved_epoch"]) + 1
+    state["epoch"] = saved  # the in-memory state may be ahead of the checkpoint
+    state["history"] = {key: values[:saved] for key, values in state.get("history", {}).items()}
+    if saved >= running:
+        return _result("interrupted", state, classes,
+                       f"interrupted after epoch {saved}: its checkpoint is saved, --resume continues exactly from it")
+    partial = os.path.join(out, "interrupted.h5")
+    if chief:
+        save_weights(model, partial)
+    kept = (f"checkpoint of epoch {saved} kept, --resume continues exactly from it" if saved
+            else "no epoch had finished, so there is no checkpoint to resume from")
+    return _result("interrupted", state, classes,
+                   f"interrupted in epoch {running}: {kept}; the partial epoch's weights are in {partial}")
 
 
 def _quiet(*args, **kwargs):

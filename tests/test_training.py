@@ -55,7 +55,8 @@ def run_args(dataset, out, *extra):
 def test_resume_restores_epoch_and_optimizer_state(dataset, tmp_path, capsys):
     out = tmp_path / "run"
     # --split all: every annotation file, split 70/30 as the originals did.
-    assert main(run_args(dataset, out, "--epochs", "1", "--split", "all", "--val-fraction", "0.3")) == 0
+    split = ["--split", "all", "--val-fraction", "0.3"]
+    assert main(run_args(dataset, out, "--epochs", "1", *split)) == 0
     assert "training on 8 images, validating on 4" in capsys.readouterr().out
     weights, optimizer_values, state = load_checkpoint(out / "checkpoint.npz")
     assert state["epoch"] == 1
@@ -65,7 +66,10 @@ def test_resume_restores_epoch_and_optimizer_state(dataset, tmp_path, capsys):
         assert (out / name).is_file(), name
     assert not [f for f in os.listdir(out) if ".tmp" in f]
 
-    assert main(run_args(dataset, out, "--epochs", "2", "--resume")) == 0
+    # The same options (other epochs, workers may differ): a changed split is refused.
+    assert main(run_args(dataset, out, "--epochs", "2", "--resume")) == 2
+    assert "split all, this run has trainval; val-fraction 0.3, this run has 0.1" in capsys.readouterr().err
+    assert main(run_args(dataset, out, "--epochs", "2", "--resume", *split)) == 0
     _, optimizer_values2, state2 = load_checkpoint(out / "checkpoint.npz")
     assert state2["epoch"] == 2
     assert int(optimizer_values2[0]) == 4  # continued from 2 steps, not from 0
@@ -73,7 +77,7 @@ def test_resume_restores_epoch_and_optimizer_state(dataset, tmp_path, capsys):
         assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1"]
     assert len(state2["history"]["loss"]) == 2
     # Nothing left to do: a third run with --resume returns at once.
-    assert main(run_args(dataset, out, "--epochs", "2", "--resume")) == 0
+    assert main(run_args(dataset, out, "--epochs", "2", "--resume", *split)) == 0
 
 
 @pytest.mark.slow
@@ -87,6 +91,8 @@ def test_nan_loss_stops_with_message(dataset, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint(dataset, tmp_path):
+    """A real SIGINT after epoch 1: exit 130, the checkpoint of the last whole epoch (>= 1) is kept."""
+    import re
     import signal
     import time
 
@@ -100,8 +106,15 @@ def test_ctrl_c_saves_a_checkpoint(dataset, tmp_path):
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "interrupted: saved" in err and "--resume" in err
-    assert load_checkpoint(out / "checkpoint.npz")[2]["epoch"] >= 1
+    kept = re.search(r"interrupted in epoch (\d+): checkpoint of epoch (\d+) kept, --resume continues exactly", err)
+    after = re.search(r"interrupted after epoch (\d+): its checkpoint is saved, --resume continues", err)
+    assert kept or after, err[-2000:]
+    epoch = int(kept.group(2)) if kept else int(after.group(1))
+    assert epoch >= 1
+    assert load_checkpoint(out / "checkpoint.npz")[2]["epoch"] == epoch
+    with open(out / "log.csv") as f:
+        assert len(list(csv.DictReader(f))) == epoch  # the log follows the checkpoint, not the cut epoch
+    assert (out / "interrupted.h5").is_file() == bool(kept)
 
 
 def test_missing_dataset_message_without_traceback(tmp_path):
@@ -206,11 +219,19 @@ def test_resume_gives_the_weights_of_an_uninterrupted_run(dataset, tmp_path):
 def test_stale_temporaries_are_removed_and_the_log_follows_the_checkpoint(tmp_path):
     from ssd300.checkpoint import remove_stale_temporaries, save_checkpoint, write_log
 
-    (tmp_path / "checkpoint.tmp1234.npz").write_bytes(b"partial")
-    (tmp_path / "last.tmp99.h5").write_bytes(b"partial")
-    (tmp_path / "notes.txt").write_text("kept")
-    assert remove_stale_temporaries(tmp_path) == ["checkpoint.tmp1234.npz", "last.tmp99.h5"]
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt"]
+    dead = 9_999_999  # above Linux's largest pid (2**22): never a running process
+    (tmp_path / f"checkpoint.tmp{dead}.npz").write_bytes(b"partial")
+    (tmp_path / f"last.tmp{dead}.h5").write_bytes(b"partial")
+    (tmp_path / f"classes.tmp{dead}.txt").write_bytes(b"partial")
+    # Kept: the user's own files named like temporaries, and a running process's temporary.
+    mine = ["notes.txt", "thesis.tmp2.tex", "photo.tmp1", f"last.tmp{dead}.npz", f"last.tmp{os.getpid()}.h5"]
+    for name in mine:
+        (tmp_path / name).write_text("kept")
+    assert remove_stale_temporaries(tmp_path) == [f"checkpoint.tmp{dead}.npz", f"classes.tmp{dead}.txt",
+                                                  f"last.tmp{dead}.h5"]
+    assert sorted(os.listdir(tmp_path)) == sorted(mine)
+    for name in mine:
+        os.remove(tmp_path / name)
     history = {"loss": [3.0, 2.5], "val_loss": [3.5, 2.75]}
     save_checkpoint(tmp_path / "checkpoint.npz", [np.ones((2, 3), np.float32)], [np.int64(7)],
                     {"epoch": 2, "history": history})
@@ -227,3 +248,269 @@ def test_stale_temporaries_are_removed_and_the_log_follows_the_checkpoint(tmp_pa
 
     with pytest.raises(UserError, match="bad.npz: not a readable checkpoint"):
         load_checkpoint(tmp_path / "bad.npz")
+
+
+# ----- Interruptions, the time limit, resume checks, output folder (64 px, 2 steps per epoch) -----
+
+SMALL = 64
+
+
+def small_config(dataset, out, **overrides):
+    from ssd300.training import TrainConfig
+
+    settings = dict(voc_root=str(dataset), out=str(out), input_size=SMALL, batch_size=2, steps_per_epoch=2,
+                    workers=1, epochs=2, progress=False, freeze=("conv1_1",))
+    return TrainConfig(**{**settings, **overrides})
+
+
+def assert_same_run(a, b):
+    """Two output folders hold the same checkpoint (weights, optimizer, history) and ``last.h5``."""
+    import h5py
+
+    wa, oa, sa = load_checkpoint(a / "checkpoint.npz")
+    wb, ob, sb = load_checkpoint(b / "checkpoint.npz")
+    assert sa["epoch"] == sb["epoch"] and len(wa) == len(wb) and len(oa) == len(ob)
+    for x, y in zip(wa + oa, wb + ob):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sa["history"]["loss"], sb["history"]["loss"], rtol=1e-5)
+    with h5py.File(a / "last.h5", "r") as fa, h5py.File(b / "last.h5", "r") as fb:
+        names = []
+        fa.visit(lambda name: names.append(name) if isinstance(fa[name], h5py.Dataset) else None)
+        assert names
+        for name in names:
+            np.testing.assert_allclose(fa[name][()], fb[name][()], rtol=1e-5, atol=1e-6)
+    with open(a / "log.csv") as fa, open(b / "log.csv") as fb:
+        assert [r["epoch"] for r in csv.DictReader(fa)] == [r["epoch"] for r in csv.DictReader(fb)]
+
+
+@pytest.fixture(scope="module")
+def straight_run(dataset, tmp_path_factory):
+    """Two epochs without a stop, to compare interrupted and resumed runs with."""
+    from ssd300.training import fit
+
+    out = tmp_path_factory.mktemp("straight") / "run"
+    assert fit(small_config(dataset, out)).status == "done"
+    return out
+
+
+def ctrl_c_at(monkeypatch, epoch, batch):
+    """Make the next fit raise KeyboardInterrupt after ``batch`` of ``epoch`` (0-based), as Ctrl-C would."""
+    from ssd300 import training
+
+    class CtrlC(keras.callbacks.Callback):
+        def on_epoch_begin(self, e, logs=None):
+            self.epoch = e
+
+        def on_train_batch_end(self, b, logs=None):
+            if (self.epoch, b) == (epoch, batch):
+                raise KeyboardInterrupt
+
+    make = training.make_callbacks
+    monkeypatch.setattr(training, "make_callbacks", lambda *a, **k: [CtrlC(), *make(*a, **k)])
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_epoch_keeps_the_checkpoint_and_resume_is_exact(dataset, tmp_path, straight_run, monkeypatch):
+    from ssd300.training import fit
+
+    out = tmp_path / "run"
+    ctrl_c_at(monkeypatch, epoch=1, batch=0)
+    result = fit(small_config(dataset, out))
+    assert result.status == "interrupted" and result.epochs == 1
+    assert result.message == ("interrupted in epoch 2: checkpoint of epoch 1 kept, --resume continues exactly "
+                              f"from it; the partial epoch's weights are in {out / 'interrupted.h5'}")
+    assert (out / "interrupted.h5").is_file()
+    weights, optimizer_values, state = load_checkpoint(out / "checkpoint.npz")
+    assert state["epoch"] == 1 and int(optimizer_values[0]) == 2  # epoch 1's 2 steps, not the cut epoch's 3rd
+    monkeypatch.undo()
+    assert fit(small_config(dataset, out, resume=True)).status == "done"
+    assert_same_run(straight_run, out)
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_the_epoch_end_writes_completes_them(dataset, tmp_path, monkeypatch):
+    from ssd300 import callbacks
+    from ssd300.training import fit
+
+    calls = []
+    write_log = callbacks.write_log
+
+    def interrupted_once(*args):  # Ctrl-C after checkpoint.npz is committed, before log.csv
+        calls.append(args)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        write_log(*args)
+
+    monkeypatch.setattr(callbacks, "write_log", interrupted_once)
+    out = tmp_path / "run"
+    result = fit(small_config(dataset, out, epochs=1, steps_per_epoch=1))
+    assert result.status == "interrupted" and result.epochs == 1
+    assert result.message.startswith("interrupted after epoch 1: its checkpoint is saved")
+    assert load_checkpoint(out / "checkpoint.npz")[2]["epoch"] == 1
+    with open(out / "log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1
+    assert (out / "last.h5").is_file() and (out / "loss.png").is_file()
+    assert not (out / "interrupted.h5").exists()
+
+
+@pytest.mark.slow
+def test_time_limit_inside_an_epoch_does_not_save_it(dataset, tmp_path, straight_run):
+    from ssd300.training import TIME_LIMIT, fit
+
+    # Before the first epoch ends: nothing saved, the folder's previous classes.txt kept (beside
+    # the weights it names), not replaced by this run's.
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "classes.txt").write_text("dog\ncat\n")
+    result = fit(small_config(dataset, out, time_limit=1e-9))
+    assert (result.status, result.epochs) == (TIME_LIMIT, 0)
+    assert result.message == "time limit reached in epoch 1 after 1 step; no epoch had finished: nothing saved"
+    assert sorted(os.listdir(out)) == ["classes.txt"] and (out / "classes.txt").read_text() == "dog\ncat\n"
+
+    # Inside epoch 2: epoch 1's checkpoint and log kept; --resume redoes epoch 2 whole.
+    assert fit(small_config(dataset, out, epochs=1)).status == "done"
+    result = fit(small_config(dataset, out, resume=True, time_limit=1e-9))
+    assert (result.status, result.epochs) == (TIME_LIMIT, 1)
+    assert result.message == ("time limit reached in epoch 2 after 1 step; checkpoint of epoch 1 kept; "
+                              "--resume continues")
+    _, optimizer_values, state = load_checkpoint(out / "checkpoint.npz")
+    assert state["epoch"] == 1 and int(optimizer_values[0]) == 2
+    with open(out / "log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 1
+    assert fit(small_config(dataset, out, resume=True)).status == "done"
+    assert_same_run(straight_run, out)
+
+
+def test_resume_refuses_other_options(dataset, tmp_path):
+    from ssd300.checkpoint import save_checkpoint
+    from ssd300.datasets import load_training_data
+    from ssd300.errors import UserError
+    from ssd300.training import fit, run_definition
+
+    out = tmp_path / "run"
+    out.mkdir()
+    config = small_config(dataset, out)
+    classes = list(load_training_data(config).classes)
+    state = {"epoch": 1, "classes": classes, "input_size": SMALL, "config": run_definition(config)}
+    save_checkpoint(out / "checkpoint.npz", [], [], state)
+    (out / "classes.txt").write_text("kept\n")
+    changed = small_config(dataset, out, resume=True, batch_size=4, seed=5, lr=0.01, augment=None,
+                           freeze=("conv1_2",), per_image_mining=True, val_fraction=0.5,
+                           epochs=9, workers=2, time_limit=5.0, progress=True)  # the last four may change
+    with pytest.raises(UserError) as error:
+        fit(changed)
+    message = str(error.value)
+    assert message.startswith(f"--resume: {out / 'checkpoint.npz'} was trained with ")
+    for difference in ("batch-size 2, this run has 4", "seed 0, this run has 5", "lr 0.0003, this run has 0.01",
+                       "augment original, this run has none", "freeze conv1_1, this run has conv1_2",
+                       "per-image-mining False, this run has True", "val-fraction 0.1, this run has 0.5"):
+        assert difference in message
+    assert "epochs" not in message and "workers" not in message and "time-limit" not in message
+    assert (out / "classes.txt").read_text() == "kept\n"
+    # A relative dataset path naming the same folder is the same dataset.
+    same = small_config(os.path.relpath(dataset), out, resume=True, epochs=9, workers=2)
+    from ssd300.training import read_resume_state
+
+    assert read_resume_state(same, classes)[2]["epoch"] == 1
+    # A checkpoint written before the options were stored resumes as before.
+    del state["config"]
+    save_checkpoint(out / "checkpoint.npz", [], [], state)
+    assert read_resume_state(changed, classes)[2]["epoch"] == 1
+
+
+def test_restore_optimizer_names_the_checkpoint_when_the_state_does_not_fit():
+    from ssd300.errors import UserError
+    from ssd300.training import restore_optimizer
+
+    def model(frozen):
+        inputs = keras.Input((3,))
+        first = keras.layers.Dense(4, name="a")
+        m = keras.Model(inputs, keras.layers.Dense(4, name="b")(first(inputs)))
+        first.trainable = not frozen
+        m.compile(optimizer=keras.optimizers.Adam(), loss="mse")
+        m.optimizer.build(m.trainable_variables)
+        return m
+
+    values = [np.asarray(v) + 1 for v in model(False).optimizer.variables]
+    restored = model(False)
+    restore_optimizer(restored, values, "ckpt.npz")
+    for variable, value in zip(restored.optimizer.variables, values):
+        np.testing.assert_array_equal(np.asarray(variable), value)
+    with pytest.raises(UserError, match=r"ckpt.npz: its optimizer state \(\d+ variables\) does not fit"):
+        restore_optimizer(model(True), values, "ckpt.npz")  # a layer frozen since: fewer variables
+    swapped = values[:1] + [np.zeros((4,), np.float32) if v.shape == (3, 4) else v for v in values[1:]]
+    with pytest.raises(UserError, match="other shapes"):
+        restore_optimizer(model(False), swapped, "ckpt.npz")
+
+
+def test_seed_must_fit_the_random_generators():
+    from ssd300.errors import UserError
+    from ssd300.training import TrainConfig
+
+    assert TrainConfig(seed=2**32 - 1).seed == 2**32 - 1
+    for seed in (-1, 2**32, 1.5):
+        with pytest.raises(UserError, match="seed must be an integer in"):
+            TrainConfig(seed=seed)
+
+
+def test_an_unwritable_output_folder_is_a_user_error(dataset, tmp_path, monkeypatch):
+    import tempfile
+
+    from ssd300.errors import UserError
+    from ssd300.training import fit
+
+    out = tmp_path / "read-only"
+    out.mkdir()
+    out.chmod(0o555)
+    if os.geteuid() == 0:  # root writes anyway: make the probe fail as it would for a user
+        def refused(*args, **kwargs):
+            raise PermissionError(13, "Permission denied")
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refused)
+    try:
+        with pytest.raises(UserError, match=f"{out}: cannot write in the output folder \\(Permission denied\\)"):
+            fit(small_config(dataset, out))
+    finally:
+        out.chmod(0o755)
+    assert os.listdir(out) == []
+
+
+def test_a_failing_write_is_a_user_error_naming_the_file(tmp_path):
+    from ssd300.callbacks import save_weights
+    from ssd300.checkpoint import save_checkpoint, write_log
+    from ssd300.errors import UserError
+
+    missing = tmp_path / "gone"  # writing into a folder that vanished: FileNotFoundError, an OSError
+    for write, name in [(lambda p: save_checkpoint(p, [], [], {}), "checkpoint.npz"),
+                        (lambda p: write_log({"loss": [1.0]}, p), "log.csv"),
+                        (lambda p: save_weights(keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)]), p),
+                         "last.h5")]:
+        with pytest.raises(UserError, match=f"{missing / name}: cannot write"):
+            write(missing / name)
+
+
+@pytest.mark.slow
+def test_checkpoint_is_written_before_last_h5(dataset, tmp_path, monkeypatch):
+    """A failing last.h5 (disk full) leaves the checkpoint and log of the epoch before, never behind last.h5."""
+    import errno
+
+    from ssd300 import callbacks
+    from ssd300.errors import UserError
+    from ssd300.training import fit
+
+    out = tmp_path / "run"
+    assert fit(small_config(dataset, out, epochs=1, steps_per_epoch=1)).status == "done"
+    save = callbacks.save_weights_by_name
+
+    def full(model, path):
+        if os.path.basename(path) == "last.h5":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save(model, path)
+
+    monkeypatch.setattr(callbacks, "save_weights_by_name", full)
+    with pytest.raises(UserError, match=f"{out / 'last.h5'}: cannot write \\(No space left on device\\)"):
+        fit(small_config(dataset, out, epochs=2, steps_per_epoch=1, resume=True))
+    assert load_checkpoint(out / "checkpoint.npz")[2]["epoch"] == 2  # committed before last.h5
+    with open(out / "log.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2  # the log follows the checkpoint
+    assert not [f for f in os.listdir(out) if ".tmp" in f]
