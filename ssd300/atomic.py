@@ -3,6 +3,8 @@
 import os
 from contextlib import contextmanager
 
+from .errors import UserError
+
 
 @contextmanager
 def atomic_path(path):
@@ -47,3 +49,26 @@ def remove_empty_folders(folders):
             os.rmdir(folder)
         except OSError:
             return
+
+
+@contextmanager
+def writing(path, error=UserError):
+    """Report an ``OSError`` inside the block (no permission, a full disk) as ``error`` naming ``path``."""
+    try:
+        yield
+    except OSError as e:
+        raise error(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def process_running(pid):
+    """Whether process ``pid`` exists on this machine (another user's counts): the owner of a
+    temporary file named with its pid may still be writing it."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):  # beyond the pid range: no such process
+        return False
+    return True

@@ -7,15 +7,15 @@ import time
 import keras
 import numpy as np
 
-from .checkpoint import CHECKPOINT, save_checkpoint, write_log, writing
+from .atomic import writing
+from .checkpoint import CHECKPOINT, save_checkpoint, write_log
 from .visualize import plot_history
 from .weights import save_weights_by_name
 
 #: Keys of the run state that describe this process's run, not its last saved epoch: never
-#: written to the checkpoint. ``saved_epoch``: the epochs whose checkpoint is committed;
-#: ``running_epoch``: the epoch in progress (0-based); ``cut``: ``{"epoch", "steps"}`` of an
-#: epoch stopped part-way by :class:`TimeLimit`.
-TRANSIENT = ("saved_epoch", "running_epoch", "cut")
+#: written to the checkpoint. ``running_epoch``: the epoch in progress (0-based); ``cut``:
+#: ``{"epoch", "steps"}`` of an epoch stopped part-way by :class:`TimeLimit`.
+TRANSIENT = ("running_epoch", "cut")
 
 
 def save_weights(model, path):
@@ -27,8 +27,9 @@ def save_weights(model, path):
 class Checkpointer(keras.callbacks.Callback):
     """After each whole epoch: ``best.h5``, ``checkpoint.npz``, then ``log.csv``, ``loss.png`` and ``last.h5``.
 
-    ``checkpoint.npz`` is the commit point: ``state["saved_epoch"]`` follows
-    it, and what comes after it is redone by :meth:`finish` when a Ctrl-C
+    ``checkpoint.npz`` is the commit point: ``state`` (``epoch``,
+    ``history``, ``best``) takes the new epoch only once it is written, and
+    what comes after it is redone by :meth:`finish` when a Ctrl-C
     cuts it short, so ``last.h5`` and the log never lag, nor lead, the
     checkpoint (``best.h5``, written first, may hold the epoch being saved:
     a resumed run recomputes that epoch exactly). The log is written from the
@@ -39,7 +40,7 @@ class Checkpointer(keras.callbacks.Callback):
     Args:
         out: the output folder.
         state: the run state (a dict), updated in place: ``epoch``,
-            ``history``, ``best``, ``saved_epoch``, ``running_epoch``.
+            ``history``, ``best`` (those of the last saved epoch), ``running_epoch``.
         write: write the files (``False`` on the processes other than 0 of
             a distributed run: they keep only ``state``).
     """
@@ -74,7 +75,7 @@ class Checkpointer(keras.callbacks.Callback):
             saved = {key: value for key, value in state.items() if key not in TRANSIENT}
             save_checkpoint(os.path.join(self.out, CHECKPOINT), self.model.get_weights(),
                             [np.asarray(v) for v in self.model.optimizer.variables], {**saved, **new})
-        state.update(new, saved_epoch=epoch + 1)
+        state.update(new)
         self.pending = True
         self.finish()
 

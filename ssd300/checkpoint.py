@@ -11,11 +11,10 @@ import glob
 import json
 import os
 import re
-from contextlib import contextmanager
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, process_running, writing
 from .errors import UserError
 
 CHECKPOINT = "checkpoint.npz"
@@ -42,15 +41,6 @@ def save_checkpoint(path, weights, optimizer_values, state):
     arrays["state"] = np.frombuffer(json.dumps(state).encode("utf8"), dtype=np.uint8)
     with writing(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)
-
-
-@contextmanager
-def writing(path):
-    """Report an ``OSError`` while writing ``path`` (no permission, disk full) as a :class:`UserError` naming it."""
-    try:
-        yield
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def load_checkpoint(path):
@@ -86,25 +76,10 @@ def remove_stale_temporaries(folder):
     for path in glob.glob(os.path.join(glob.escape(os.fspath(folder)), "*.tmp*")):
         match = _TEMPORARY.match(os.path.basename(path))
         if (match and match["stem"] + match["ext"] in RUN_FILES and os.path.isfile(path)
-                and not _running(int(match["pid"]))):
+                and not process_running(int(match["pid"]))):
             os.remove(path)
             removed.append(os.path.basename(path))
     return sorted(removed)
-
-
-def _running(pid):
-    """Whether process ``pid`` exists (on this machine; another user's counts)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, OSError):  # beyond the pid range: no such process
-        return False
-    return True
 
 
 def write_log(history, path):

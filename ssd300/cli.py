@@ -600,7 +600,7 @@ def _folder_inputs(inputs):
 
 
 def _cmd_detect(args):
-    from .atomic import atomic_path
+    from .atomic import atomic_path, writing
     from .image_io import ImageError, open_rgb
     from .video import VideoReadError, VideoWriteError, detect_video, is_video_path
     from .visualize import draw_detections, save_atomic
@@ -677,11 +677,8 @@ def _cmd_detect(args):
             print(f"{path}: {len(det)} detections -> {picture}")
         if report:
             path = os.path.join(args.out, "detections.json")
-            try:
-                with atomic_path(path) as tmp, open(tmp, "w") as f:
-                    json.dump(report, f, indent=2)
-            except OSError as e:  # a full disk
-                raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+            with writing(path), atomic_path(path) as tmp, open(tmp, "w") as f:
+                json.dump(report, f, indent=2)
     return 1 if failed else 0
 
 

@@ -19,6 +19,7 @@ import warnings
 
 import numpy as np
 
+from .atomic import process_running
 from .augment import Augmentation, OriginalAugmentation, PaperAugmentation
 from .errors import UserError
 from .image_io import (ImageError, keys_used_as_stored, open_rgb, planes, preprocess_input, read_header,
@@ -241,17 +242,6 @@ def remove_batch_files(pid=None):
         _remove_quietly(path)
 
 
-def _running(pid):
-    """Whether process ``pid`` exists (also when it is another user's)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
 def remove_stale_batch_files():
     """Remove the image files of training processes that no longer run (killed with
     batches in flight, when their exit handler could not run). POSIX only: elsewhere
@@ -260,7 +250,7 @@ def remove_stale_batch_files():
         return
     for path in _batch_files():
         pid = os.path.basename(path)[len(BATCH_FILE_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_running(int(pid)):
             _remove_quietly(path)
 
 

@@ -391,7 +391,7 @@ def fit(config):
     start_epoch = 0
 
     def undo():  # no epoch of this run was saved: take back what it wrote
-        if state.get("saved_epoch", start_epoch) == start_epoch:
+        if state["epoch"] == start_epoch:
             if chief:
                 classes_file.restore()
             remove_empty_folders(made)  # not one that holds a TensorBoard log or interrupted.h5
@@ -401,7 +401,6 @@ def fit(config):
         if resume:
             state = resume[2]
             start_epoch = state["epoch"]
-        state["saved_epoch"] = start_epoch
         result = _train(config, run, data, state, resume, classes_file)
     except BaseException:
         undo()
@@ -547,9 +546,8 @@ def _interrupted(model, out, state, callbacks, chief, classes):
     """The result of a Ctrl-C out of ``model.fit``: the last whole epoch's files kept, the partial epoch's weights in ``interrupted.h5``."""
     checkpointer = next(c for c in callbacks if isinstance(c, Checkpointer))
     checkpointer.finish()  # a Ctrl-C during the epoch-end writes: complete them
-    saved, running = state["saved_epoch"], state.get("running_epoch", state["saved_epoch"]) + 1
-    state["epoch"] = saved  # the in-memory state may be ahead of the checkpoint
-    state["history"] = {key: values[:saved] for key, values in state.get("history", {}).items()}
+    # The Checkpointer moves state["epoch"] only once an epoch's checkpoint is written.
+    saved, running = state["epoch"], state.get("running_epoch", state["epoch"]) + 1
     if saved >= running:
         return _result("interrupted", state, classes,
                        f"interrupted after epoch {saved}: its checkpoint is saved, --resume continues exactly from it")

@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from .atomic import atomic_path, missing_folders, remove_empty_folders
+from .atomic import atomic_path, missing_folders, remove_empty_folders, writing
 from .errors import UserError
 
 #: The extra that installs OpenCV, named in the errors.
@@ -336,15 +336,6 @@ def _make_folders(paths, created):
             raise UserError(f"{path}: cannot create the folder {parent} ({e.strerror or e})") from None
         if not os.access(parent, os.W_OK):
             raise UserError(f"{path}: the folder {parent} is not writable")
-
-
-@contextlib.contextmanager
-def _writing(path):
-    """Turn an ``OSError`` (a full disk, ...) into a :class:`VideoWriteError` naming ``path``."""
-    try:
-        yield
-    except OSError as e:
-        raise VideoWriteError(f"{path}: cannot write ({e.strerror or e})") from None
 
 
 def _close_quietly(file):
@@ -686,7 +677,7 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
                 stack.callback(writer.release)
             if out_jsonl is not None:
                 jsonl_tmp = stack.enter_context(atomic_path(out_jsonl))
-                with _writing(out_jsonl):
+                with writing(out_jsonl, VideoWriteError):
                     jsonl = open(jsonl_tmp, "w", encoding="utf8")
                 stack.callback(_close_quietly, jsonl)
             _pipeline(cv2, detector, capture, source, first, first_time, frame_count, fps, every, batch_size,
@@ -697,7 +688,7 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
                 if result.frames:
                     _check_written(cv2, video_tmp, out_video, result.frames)
             if jsonl is not None:
-                with _writing(out_jsonl):
+                with writing(out_jsonl, VideoWriteError):
                     jsonl.close()
     except BaseException:
         for chain in reversed(created):
@@ -782,7 +773,7 @@ def _pipeline(cv2, detector, capture, source, first, first_time, frame_count, fp
                 # The JSON line after the video frame: an interrupt never leaves a line without its frame.
                 if processed:
                     if jsonl is not None:
-                        with _writing(result.out_jsonl):
+                        with writing(result.out_jsonl, VideoWriteError):
                             jsonl.write(json.dumps(detection_record(index, stamp, found, classes)) + "\n")
                     result.processed += 1
                 result.frames += 1

@@ -5,8 +5,7 @@ import colorsys
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .atomic import atomic_path
-from .errors import UserError
+from .atomic import atomic_path, writing
 
 
 def class_colour(label):
@@ -65,11 +64,8 @@ def save_atomic(image, path):
         UserError: ``path`` cannot be written (a full disk, no permission);
             its old content, if any, is kept.
     """
-    try:
-        with atomic_path(path) as tmp:
-            image.save(tmp)
-    except OSError as e:
-        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+    with writing(path), atomic_path(path) as tmp:
+        image.save(tmp)
 
 
 def plot_history(history, path, title="SSD300 training"):
