@@ -1,11 +1,13 @@
 """Drawing detections on pictures (Pillow), and loss curves (matplotlib)."""
 
 import colorsys
+import os
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_path, writing
+from .errors import UserError
 
 
 def class_colour(label):
@@ -60,12 +62,22 @@ def draw_detections(image, detections, classes, min_score=0.0):
 def save_atomic(image, path):
     """Save a ``PIL.Image`` by writing a temporary file and renaming it.
 
+    The format follows ``path``'s extension (``.png``, ``.jpg``, ...), as
+    with ``Image.save``.
+
     Raises:
-        UserError: ``path`` cannot be written (a full disk, no permission);
-            its old content, if any, is kept.
+        UserError: ``path`` has no extension Pillow writes, or cannot be
+            written (a full disk, no permission); its old content, if any,
+            is kept.
     """
+    extension = os.path.splitext(os.fspath(path))[1].lower()
+    # Named here: the temporary file's name would hide the extension from Pillow.
+    fmt = Image.registered_extensions().get(extension)
+    if fmt is None or fmt not in Image.SAVE:
+        raise UserError(f"{os.fspath(path)}: cannot tell which picture format to write from its extension "
+                        f"({extension or 'none'}); use .png or .jpg")
     with writing(path), atomic_path(path) as tmp:
-        image.save(tmp)
+        image.save(tmp, format=fmt)
 
 
 def plot_history(history, path, title="SSD300 training"):

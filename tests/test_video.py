@@ -746,3 +746,20 @@ def test_save_atomic_names_a_picture_it_cannot_write(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=rf"^{tmp_path / 'old.png'}: cannot write \(No space left on device\)$"):
         save_atomic(picture, tmp_path / "old.png")
     assert sorted(os.listdir(tmp_path)) == ["old.png"] and (tmp_path / "old.png").read_bytes() == b"old"
+
+
+def test_save_atomic_takes_the_format_from_the_extension(tmp_path):
+    from PIL import Image
+
+    from ssd300.errors import UserError
+    from ssd300.visualize import save_atomic
+
+    picture = Image.new("RGB", (4, 4), (200, 10, 10))
+    for name, magic in (("a.png", b"\x89PNG"), ("b.JPG", b"\xff\xd8"), ("c.jpeg", b"\xff\xd8")):
+        save_atomic(picture, tmp_path / name)
+        assert (tmp_path / name).read_bytes()[:len(magic)] == magic, name
+    assert np.asarray(Image.open(tmp_path / "a.png")).tolist() == np.asarray(picture).tolist()
+    for name, shown in (("noext", "none"), ("d.txt", ".txt")):
+        with pytest.raises(UserError, match=rf"^{tmp_path / name}: cannot tell which picture format .*\({shown}\)"):
+            save_atomic(picture, tmp_path / name)
+    assert sorted(os.listdir(tmp_path)) == ["a.png", "b.JPG", "c.jpeg"]
