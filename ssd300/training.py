@@ -502,7 +502,8 @@ def _train(config, run, data, state, resume, classes_file):
         if chief:
             # Everything is checked now; detect and evaluate read the class names beside the weights.
             classes_file.write("".join(f"{name}\n" for name in data.classes))
-        say(f"training on {len(data.train_keys)} images, validating on {len(data.val_keys)}; "
+        # The datasets' keys: --skip-bad-images has dropped the unreadable ones.
+        say(f"training on {len(train_data.keys)} images, validating on {len(val_data.keys)}; "
             f"{num_classes - 1} classes; {config.optimizer} lr {config.lr} ({config.schedule}), "
             f"batch {config.batch_size}, neg_pos_ratio {config.neg_pos_ratio}, augment {config.augment}")
         if start_epoch >= config.epochs:
