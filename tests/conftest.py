@@ -1,3 +1,5 @@
+import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +22,34 @@ def priors():
     from ssd300.priors import load_priors
 
     return load_priors(ROOT / "prior_boxes_ssd300.pkl")
+
+
+@pytest.fixture(scope="session")
+def cli_exported_onnx(tmp_path_factory):
+    """``ssd300 export --format onnx --check`` of ``tests.test_export.peaked_ssd``'s weights, run once.
+
+    One tf2onnx conversion of a whole SSD takes most of a minute, so the export
+    and command-line tests share this one. Returns a dict: ``weights`` (HDF5)
+    with ``classes`` (the ``classes.txt`` beside them: a, b, c), ``onnx`` (the
+    exported file; copy it before changing it) and ``printed`` (the command's
+    standard output).
+    """
+    pytest.importorskip("onnxruntime")
+    from ssd300.cli import main
+    from ssd300.weights import save_weights_by_name
+    from tests.test_export import SIZE, peaked_ssd
+
+    folder = tmp_path_factory.mktemp("cli_export")
+    weights, classes, onnx = folder / "w.h5", folder / "classes.txt", folder / "ssd.onnx"
+    save_weights_by_name(peaked_ssd(), weights)
+    classes.write_text("a\nb\nc\n")
+    pictures = [str(ROOT / "pics" / "cat.jpg"), str(ROOT / "pics" / "boys.jpg")]
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        status = main(["export", "--weights", str(weights), "--input-size", str(SIZE), "--format", "onnx",
+                       "--out", str(onnx), "--check", *pictures])
+    assert status == 0, printed.getvalue()
+    return dict(weights=weights, classes=classes, onnx=onnx, printed=printed.getvalue())
 
 
 @pytest.fixture

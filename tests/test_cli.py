@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -253,27 +254,15 @@ def test_detect_on_a_video_and_pictures_together(dataset, trained_weights, tmp_p
 
 
 @pytest.mark.slow
-def test_export_onnx_and_detect_with_it_without_keras_weights(tmp_path, capsys):
-    """export -> detect --model gives detect --weights's boxes (a peaked 64x64 model, 3 classes)."""
-    pytest.importorskip("onnxruntime")
-    from ssd300 import SSD300
-    from ssd300.weights import save_weights_by_name
-
-    model = SSD300((64, 64, 3), num_classes=4)
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if "mbox_conf" in layer.name and layer.weights:
-            kernel, bias = layer.get_weights()
-            bias = rng.normal(0, 3, size=bias.shape).astype(bias.dtype)
-            layer.set_weights([kernel * 0.01, bias])
+def test_export_onnx_and_detect_with_it_without_keras_weights(tmp_path, capsys, cli_exported_onnx):
+    """export -> detect --model gives detect --weights's boxes (tests.test_export.peaked_ssd: 64x64, 3 classes)."""
     weights = tmp_path / "w.h5"
-    save_weights_by_name(model, weights)
-    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    shutil.copy(cli_exported_onnx["weights"], weights)
+    shutil.copy(cli_exported_onnx["classes"], tmp_path / "classes.txt")
     onnx = tmp_path / "ssd.onnx"
+    shutil.copy(cli_exported_onnx["onnx"], onnx)
     pics = [str(ROOT / "pics" / "cat.jpg"), str(ROOT / "pics" / "boys.jpg")]
-    assert main(["export", "--weights", str(weights), "--input-size", "64", "--format", "onnx",
-                 "--out", str(onnx), "--check", *pics]) == 0
-    assert "checked on 2 pictures" in capsys.readouterr().out
+    assert "checked on 2 pictures" in cli_exported_onnx["printed"]
     assert main(["detect", "--weights", str(weights), "--input-size", "64", "--min-score", "0.05",
                  "--out", str(tmp_path / "keras"), *pics]) == 0
     assert main(["detect", "--model", str(onnx), "--classes", str(tmp_path / "classes.txt"),
