@@ -126,13 +126,20 @@ class StopOnNaN(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class TimeLimitReached(Exception):
+    """Raised by :class:`TimeLimit` as the validation of a cut epoch begins; ``fit``'s caller catches it."""
+
+
 class TimeLimit(keras.callbacks.Callback):
     """Stop training (at the end of the current batch) after ``minutes``.
 
-    Keras still validates and ends an epoch stopped part-way; such an epoch
-    is marked ``state["cut"] = {"epoch": N (1-based), "steps": M}`` so that
-    :class:`Checkpointer` does not save it as a whole one, and a resumed run
-    redoes it from its start.
+    An epoch stopped part-way is marked ``state["cut"] = {"epoch": N
+    (1-based), "steps": M}`` so that :class:`Checkpointer` does not save it as
+    a whole one, and a resumed run redoes it from its start. Keras would
+    still validate it, which can take minutes past the limit for a loss that
+    is thrown away, so its validation raises :class:`TimeLimitReached`
+    instead: the caller of ``fit`` catches it and ends the callbacks
+    (``on_train_end``), which Keras skips when ``fit`` raises.
 
     Args:
         minutes: the limit.
@@ -163,6 +170,10 @@ class TimeLimit(keras.callbacks.Callback):
             if steps is None or batch + 1 < steps:  # the epoch's last step completes it
                 self.state["cut"] = {"epoch": self.epoch + 1, "steps": batch + 1}
 
+    def on_test_begin(self, logs=None):
+        if self.state.get("cut"):  # every process of a distributed run agreed on the cut
+            raise TimeLimitReached(f"time limit reached in epoch {self.state['cut']['epoch']}")
+
 
 class ProgressBar(keras.callbacks.Callback):
     """One bar for the whole run (steps, rate, ETA) and a line per epoch.
@@ -179,6 +190,7 @@ class ProgressBar(keras.callbacks.Callback):
         self.show_bar = bar
         self.state = state if state is not None else {}
         self.bar = None
+        self.cut_reported = False
 
     def on_train_begin(self, logs=None):
         from tqdm import tqdm
@@ -197,18 +209,28 @@ class ProgressBar(keras.callbacks.Callback):
             self.bar.set_postfix(epoch=self.epoch + 1, loss=f"{float(logs['loss']):.3f}")
 
     def on_epoch_end(self, epoch, logs=None):
-        values = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
-                           if k.endswith("loss"))
-        line = f"epoch {epoch + 1}/{self.params.get('epochs')}: {values}"
         cut = self.state.get("cut")
         if cut:
-            line = (f"epoch {epoch + 1}/{self.params.get('epochs')}: stopped by the time limit after "
-                    f"{cut['steps']} steps, not saved")
+            self._write_cut(cut)
+            return
+        values = "  ".join(f"{k} {float(v):.4f}" for k, v in sorted((logs or {}).items())
+                           if k.endswith("loss"))
+        self._write(f"epoch {epoch + 1}/{self.params.get('epochs')}: {values}")
+
+    def on_train_end(self, logs=None):
+        cut = self.state.get("cut")
+        if cut and not self.cut_reported:  # TimeLimitReached skipped the epoch's end
+            self._write_cut(cut)
+        if self.bar is not None:
+            self.bar.close()
+
+    def _write_cut(self, cut):
+        self._write(f"epoch {cut['epoch']}/{self.params.get('epochs')}: stopped by the time limit after "
+                    f"{cut['steps']} step{'s' * (cut['steps'] != 1)}, not saved")
+        self.cut_reported = True
+
+    def _write(self, line):
         if self.show_bar:
             self.bar.write(line)
         else:
             print(line, flush=True)
-
-    def on_train_end(self, logs=None):
-        if self.bar is not None:
-            self.bar.close()

@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import keras
 
 from .atomic import atomic_path, missing_folders, remove_empty_folders
-from .callbacks import Checkpointer, DataEpoch, ProgressBar, StopOnNaN, TimeLimit, save_weights
+from .callbacks import (Checkpointer, DataEpoch, ProgressBar, StopOnNaN, TimeLimit, TimeLimitReached,
+                        save_weights)
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries
 from .datasets import load_training_data
 from .distribute import DEFAULT_TIMEOUT, DISTRIBUTIONS, scope
@@ -516,6 +517,9 @@ def _train(config, run, data, state, resume, classes_file):
             # The dataset limits the steps per epoch itself (see SSDDataset).
             model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=start_epoch,
                       shuffle=False, callbacks=callbacks, verbose=0)
+        except TimeLimitReached:  # the cut epoch's validation, skipped: state["cut"] says the rest
+            for callback in callbacks:
+                callback.on_train_end()
         except KeyboardInterrupt:
             return _interrupted(model, config.out, state, callbacks, chief, data.classes)
         except Exception as e:

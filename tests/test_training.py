@@ -353,12 +353,28 @@ def test_ctrl_c_during_the_epoch_end_writes_completes_them(dataset, tmp_path, mo
     assert not (out / "interrupted.h5").exists()
 
 
+def count_validation_batches(monkeypatch):
+    """Make the following fits count, in the returned list's first item, the validation batches they run."""
+    from ssd300 import training
+
+    counted = [0]
+
+    class Count(keras.callbacks.Callback):
+        def on_test_batch_begin(self, batch, logs=None):
+            counted[0] += 1
+
+    make = training.make_callbacks
+    monkeypatch.setattr(training, "make_callbacks", lambda *a, **k: [*make(*a, **k), Count()])
+    return counted
+
+
 @pytest.mark.slow
-def test_time_limit_inside_an_epoch_does_not_save_it(dataset, tmp_path, straight_run):
+def test_time_limit_inside_an_epoch_does_not_save_it(dataset, tmp_path, straight_run, monkeypatch, capsys):
     from ssd300.training import TIME_LIMIT, fit
 
     # Before the first epoch ends: nothing saved, the folder's previous classes.txt kept (beside
-    # the weights it names), not replaced by this run's.
+    # the weights it names), not replaced by this run's; the cut epoch is not validated.
+    validated = count_validation_batches(monkeypatch)
     out = tmp_path / "run"
     out.mkdir()
     (out / "classes.txt").write_text("dog\ncat\n")
@@ -366,13 +382,19 @@ def test_time_limit_inside_an_epoch_does_not_save_it(dataset, tmp_path, straight
     assert (result.status, result.epochs) == (TIME_LIMIT, 0)
     assert result.message == "time limit reached in epoch 1 after 1 step; no epoch had finished: nothing saved"
     assert sorted(os.listdir(out)) == ["classes.txt"] and (out / "classes.txt").read_text() == "dog\ncat\n"
+    assert validated[0] == 0
+    assert "epoch 1/2: stopped by the time limit after 1 step, not saved" in capsys.readouterr().out
 
     # Inside epoch 2: epoch 1's checkpoint and log kept; --resume redoes epoch 2 whole.
     assert fit(small_config(dataset, out, epochs=1)).status == "done"
+    assert validated[0] > 0  # the count sees validation where it runs
+    validated[0] = 0
     result = fit(small_config(dataset, out, resume=True, time_limit=1e-9))
     assert (result.status, result.epochs) == (TIME_LIMIT, 1)
     assert result.message == ("time limit reached in epoch 2 after 1 step; checkpoint of epoch 1 kept; "
                               "--resume continues")
+    assert validated[0] == 0
+    assert "epoch 2/2: stopped by the time limit after 1 step, not saved" in capsys.readouterr().out
     _, optimizer_values, state = load_checkpoint(out / "checkpoint.npz")
     assert state["epoch"] == 1 and int(optimizer_values[0]) == 2
     with open(out / "log.csv") as f:
