@@ -51,8 +51,12 @@ class PictureDetector:
         if len(sizes) != len(images):
             raise ValueError(f"{len(images)} images but {len(sizes)} sizes")
         batch = np.stack([resize(np.asarray(im), self.input_size) for im in images])
+        found = self.detect_batch(batch)
+        if len(found) != len(batch):  # zip would drop pictures without a word
+            raise RuntimeError(f"{type(self).__name__}.detect_batch returned {len(found)} results "
+                               f"for {len(batch)} pictures")
         out = []
-        for image, size, det in zip(images, sizes, self.detect_batch(batch)):
+        for image, size, det in zip(images, sizes, found):
             w, h = size if size is not None else np.asarray(image).shape[1::-1]  # (W, H) of (H, W, 3)
             det = np.array(det, dtype=np.float64)
             det[:, 2:6] *= [w, h, w, h]

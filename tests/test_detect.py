@@ -1,0 +1,44 @@
+"""``PictureDetector``: resizing to the input size and boxes in each picture's pixel frame."""
+
+import numpy as np
+import pytest
+
+from ssd300.detect import PictureDetector
+
+
+class Fixed(PictureDetector):
+    """Two detections per picture, normalised; records the batches it was given."""
+
+    input_size = (6, 4)  # (height, width)
+
+    def __init__(self, per_picture=None):
+        self.batches = []
+        self.per_picture = per_picture
+
+    def detect_batch(self, batch):
+        self.batches.append(batch)
+        det = np.array([[2, 0.9, 0.1, 0.2, 0.5, 1.0], [1, 0.3, 0.0, 0.0, 1.0, 0.5]])
+        return [det] * (len(batch) if self.per_picture is None else self.per_picture)
+
+
+def test_boxes_come_in_each_pictures_pixels():
+    detector = Fixed()
+    images = [np.zeros((30, 40, 3), np.uint8), np.full((7, 11, 3), 200, np.uint8)]
+    first, second = detector.detect_arrays(images)
+    (batch,) = detector.batches
+    assert batch.shape == (2, 6, 4, 3) and batch.dtype == np.uint8 and batch[1].min() == 200
+    np.testing.assert_allclose(first, [[2, 0.9, 4, 6, 20, 30], [1, 0.3, 0, 0, 40, 15]])
+    np.testing.assert_allclose(second, [[2, 0.9, 1.1, 1.4, 5.5, 7], [1, 0.3, 0, 0, 11, 3.5]])
+    # An annotation's frame (width, height) replaces the array's own size where given.
+    framed, own = detector.detect_arrays(images, sizes=[(400, 300), None])
+    np.testing.assert_allclose(framed[:, 2:], [[40, 60, 200, 300], [0, 0, 400, 150]])
+    np.testing.assert_allclose(own, second)
+    assert detector.detect_arrays([]) == []
+
+
+def test_a_detect_batch_that_loses_pictures_is_an_error():
+    images = [np.zeros((5, 5, 3), np.uint8)] * 3
+    with pytest.raises(RuntimeError, match=r"^Fixed.detect_batch returned 2 results for 3 pictures$"):
+        Fixed(per_picture=2).detect_arrays(images)
+    with pytest.raises(ValueError, match="3 images but 1 sizes"):
+        Fixed().detect_arrays(images, sizes=[(1, 1)])
