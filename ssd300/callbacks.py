@@ -15,7 +15,7 @@ from .weights import save_weights_by_name
 #: Keys of the run state that describe this process's run, not its last saved epoch: never
 #: written to the checkpoint. ``running_epoch``: the epoch in progress (0-based); ``cut``:
 #: ``{"epoch", "steps"}`` of an epoch stopped part-way by :class:`TimeLimit`.
-TRANSIENT = ("running_epoch", "cut")
+TRANSIENT = ("running_epoch", "cut", "moved")
 
 
 def save_weights(model, path):

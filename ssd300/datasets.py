@@ -6,6 +6,8 @@ boxes and one-hot classes without the background, as
 for evaluation); :class:`TrainingData` adds the image folder and the split.
 """
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 
@@ -47,6 +49,18 @@ class TrainingData:
     @property
     def classes(self):
         return tuple(self.dataset.classes)
+
+    def fingerprint(self):
+        """A digest of the split: both parts' keys in order, their boxes and classes, the class names.
+
+        Equal for the same data read from another folder (a copy, or a moved
+        one), so that ``--resume`` can tell a dataset that moved from other data.
+        """
+        digest = hashlib.sha256(json.dumps([list(self.classes), [str(k) for k in self.train_keys],
+                                            [str(k) for k in self.val_keys]]).encode())
+        for key in (*self.train_keys, *self.val_keys):
+            digest.update(np.ascontiguousarray(self.dataset.data[key], dtype=np.float64).tobytes())
+        return digest.hexdigest()
 
 
 def check_voc_root(root, split):

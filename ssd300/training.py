@@ -283,8 +283,17 @@ def run_definition(config):
     return definition
 
 
-def read_resume_state(config, classes):
+def read_resume_state(config, data):
     """``(weights, optimizer_values, state)`` of ``config.out``'s checkpoint, checked against the run.
+
+    Args:
+        config: the run's :class:`TrainConfig`.
+        data: its :class:`ssd300.datasets.TrainingData`.
+
+    A dataset read from another folder is the same dataset when its
+    :meth:`~ssd300.datasets.TrainingData.fingerprint` is the checkpoint's
+    (``state["data"]``): the paths in ``state["config"]`` become the new
+    ones, and ``state["moved"]`` (not saved) lists ``(option, old, new)``.
 
     Raises:
         UserError: the checkpoint is missing or unreadable, was trained for
@@ -294,12 +303,17 @@ def read_resume_state(config, classes):
     """
     path = os.path.join(config.out, CHECKPOINT)
     weights, optimizer_values, state = load_checkpoint(path)
-    if state.get("classes") != list(classes) or state.get("input_size") != config.input_size:
+    classes = list(data.classes)
+    if state.get("classes") != classes or state.get("input_size") != config.input_size:
         raise UserError(f"{path}: trained for classes {state.get('classes')} at size "
-                        f"{state.get('input_size')}, not {list(classes)} at {config.input_size}")
+                        f"{state.get('input_size')}, not {classes} at {config.input_size}")
     saved = state.get("config")
     if saved is not None:
         current = run_definition(config)
+        moved = [(name, saved.get(name), current[name]) for name in _PATHS if saved.get(name) != current[name]]
+        if moved and state.get("data") == data.fingerprint():  # the same data, read from elsewhere
+            saved.update({name: new for name, _, new in moved})
+            state["moved"] = moved
         differences = [f"{name.replace('_', '-')} {_show(saved.get(name))}, this run has {_show(value)}"
                        for name, value in current.items() if saved.get(name, value) != value]
         differences += [f"{name.replace('_', '-')} {_show(value)}, this run does not have it"
@@ -388,7 +402,7 @@ def fit(config):
         raise UserError(f"{config.out}: cannot write in the output folder ({e.strerror or e})") from None
     classes_file = _RevertibleFile(os.path.join(config.out, "classes.txt"))
     state = {"epoch": 0, "classes": list(data.classes), "input_size": config.input_size,
-             "config": run_definition(config)}
+             "config": run_definition(config), "data": data.fingerprint()}
     start_epoch = 0
 
     def undo():  # no epoch of this run was saved: take back what it wrote
@@ -398,9 +412,10 @@ def fit(config):
             remove_empty_folders(made)  # not one that holds a TensorBoard log or interrupted.h5
 
     try:
-        resume = read_resume_state(config, data.classes) if config.resume else None
+        resume = read_resume_state(config, data) if config.resume else None
         if resume:
             state = resume[2]
+            state.setdefault("data", data.fingerprint())  # a checkpoint written before it was stored
             start_epoch = state["epoch"]
         result = _train(config, run, data, state, resume, classes_file)
     except BaseException:
@@ -500,6 +515,9 @@ def _train(config, run, data, state, resume, classes_file):
         if resume:
             restore_optimizer(model, resume[1], checkpoint_path)
             say(f"resuming from {checkpoint_path} after epoch {start_epoch}")
+            for name, old, new in state.get("moved", ()):
+                say(f"the dataset moved: --{name.replace('_', '-')} {_show(old)} is now {_show(new)} "
+                    "(the same images and boxes)")
         if chief:
             # Everything is checked now; detect and evaluate read the class names beside the weights.
             classes_file.write("".join(f"{name}\n" for name in data.classes))

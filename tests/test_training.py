@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -412,7 +414,8 @@ def test_resume_refuses_other_options(dataset, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     config = small_config(dataset, out)
-    classes = list(load_training_data(config).classes)
+    data = load_training_data(config)
+    classes = list(data.classes)
     state = {"epoch": 1, "classes": classes, "input_size": SMALL, "config": run_definition(config)}
     save_checkpoint(out / "checkpoint.npz", [], [], state)
     (out / "classes.txt").write_text("kept\n")
@@ -433,11 +436,49 @@ def test_resume_refuses_other_options(dataset, tmp_path):
     same = small_config(os.path.relpath(dataset), out, resume=True, epochs=9, workers=2)
     from ssd300.training import read_resume_state
 
-    assert read_resume_state(same, classes)[2]["epoch"] == 1
+    assert read_resume_state(same, data)[2]["epoch"] == 1
     # A checkpoint written before the options were stored resumes as before.
     del state["config"]
     save_checkpoint(out / "checkpoint.npz", [], [], state)
-    assert read_resume_state(changed, classes)[2]["epoch"] == 1
+    assert read_resume_state(changed, data)[2]["epoch"] == 1
+
+
+@pytest.mark.slow
+def test_resume_follows_a_dataset_that_moved(dataset, tmp_path, straight_run, capsys):
+    """The same images and boxes in another folder (a copy on a node's scratch disk) resume; other data does not."""
+    from ssd300.datasets import load_training_data
+    from ssd300.errors import UserError
+    from ssd300.training import fit, read_resume_state
+
+    moved = tmp_path / "scratch" / "VOC"
+    shutil.copytree(dataset, moved)
+    out = tmp_path / "run"
+    shutil.copytree(straight_run, out)
+    config = small_config(moved, out, resume=True)
+    result = fit(config)
+    assert (result.status, result.epochs) == ("up_to_date", 2)
+    printed = capsys.readouterr().out
+    assert f"the dataset moved: --voc-root {os.path.abspath(dataset)} is now {moved} (the same images and boxes)" \
+        in printed, printed
+    state = read_resume_state(config, load_training_data(config))[2]
+    assert state["moved"] == [("voc_root", os.path.abspath(dataset), str(moved))]
+    assert state["config"]["voc_root"] == str(moved)
+    # The next saved epoch records the new place.
+    assert fit(small_config(moved, out, resume=True, epochs=3)).status == "done"
+    state = read_resume_state(config, load_training_data(config))[2]
+    assert "moved" not in state and state["config"]["voc_root"] == str(moved) and state["epoch"] == 3
+    # A copy with one box moved by a pixel is other data: refused, the paths named.
+    other = tmp_path / "other"
+    shutil.copytree(moved, other)
+    xml = sorted((other / "Annotations").glob("*.xml"))[0]
+    text = xml.read_text()
+    start = text.index("<xmin>") + len("<xmin>")
+    end = text.index("</xmin>", start)
+    xml.write_text(text[:start] + str(int(text[start:end]) + 1) + text[end:])
+    config = small_config(other, out, resume=True)
+    with pytest.raises(UserError, match=rf"was trained with voc-root {re.escape(str(moved))}, "
+                                        rf"this run has {re.escape(str(other))}"):
+        read_resume_state(config, load_training_data(config))
 
 
 def test_restore_optimizer_names_the_checkpoint_when_the_state_does_not_fit():
