@@ -21,6 +21,7 @@ _EXPORTS = {
     "BBoxUtility": "ssd_utils",
     "CaffePreprocess": "inference",
     "DecodeDetections": "decode_detections",
+    "Detector": "detect",
     "DilatedConv2D": "ssd_layers",
     "OnnxDetector": "onnx_runtime",
     "VideoTest": "video",

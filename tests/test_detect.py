@@ -42,3 +42,18 @@ def test_a_detect_batch_that_loses_pictures_is_an_error():
         Fixed(per_picture=2).detect_arrays(images)
     with pytest.raises(ValueError, match="3 images but 1 sizes"):
         Fixed().detect_arrays(images, sizes=[(1, 1)])
+
+
+def test_every_public_name_loads_from_its_module():
+    import importlib
+
+    import ssd300
+
+    assert "Detector" in ssd300.__all__ and "PictureDetector" not in ssd300.__all__
+    for name in ssd300.__all__:
+        value = getattr(ssd300, name)
+        if callable(value):  # classes and functions: defined in the module that holds them
+            module = importlib.import_module(value.__module__)
+            assert module.__name__.startswith("ssd300.") and getattr(module, name) is value, name
+    assert ssd300.VOC_CLASSES[0] == "aeroplane" and len(ssd300.VOC_CLASSES) == 20
+    assert ssd300.Detector is importlib.import_module("ssd300.detect").Detector
