@@ -14,7 +14,8 @@ from .weights import save_weights_by_name
 
 #: Keys of the run state that describe this process's run, not its last saved epoch: never
 #: written to the checkpoint. ``running_epoch``: the epoch in progress (0-based); ``cut``:
-#: ``{"epoch", "steps"}`` of an epoch stopped part-way by :class:`TimeLimit`.
+#: ``{"epoch", "steps"}`` of an epoch stopped part-way by :class:`TimeLimit`; ``moved``: the
+#: dataset paths that changed on ``--resume`` (``ssd300.training.read_resume_state``).
 TRANSIENT = ("running_epoch", "cut", "moved")
 
 
