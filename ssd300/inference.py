@@ -11,11 +11,13 @@ exports to ONNX, TensorFlow SavedModel and LiteRT (:mod:`ssd300.export`).
 import keras
 from keras import ops
 
-from .decode_detections import DecodeDetections
+# The module, not its class: when ``import keras`` inside decode_detections registers
+# ssd300's layers (ssd300/__init__.py), this module is imported while that one is half done.
+from . import decode_detections
 from .image_io import CAFFE_MEAN_BGR
 from .layout import num_classes_of
 
-__all__ = ["CaffePreprocess", "DecodeDetections", "inference_model"]
+__all__ = ["CaffePreprocess", "inference_model"]
 
 
 @keras.saving.register_keras_serializable(package="ssd300")
@@ -103,7 +105,7 @@ def inference_model(model, confidence_threshold=0.01, nms_thresh=0.45, top_k=400
     else:
         images = keras.Input(input_shape, dtype="float32", name="images")
         x = images
-    detections = DecodeDetections(
+    detections = decode_detections.DecodeDetections(
         confidence_threshold=confidence_threshold, nms_thresh=nms_thresh, top_k=top_k,
         keep_top_k=keep_top_k, background_label_id=background_label_id,
         max_candidates=max_candidates, name="decode_detections")(model(x))

@@ -57,3 +57,23 @@ def test_every_public_name_loads_from_its_module():
             assert module.__name__.startswith("ssd300.") and getattr(module, name) is value, name
     assert ssd300.VOC_CLASSES[0] == "aeroplane" and len(ssd300.VOC_CLASSES) == 20
     assert ssd300.Detector is importlib.import_module("ssd300.detect").Detector
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("first", ["from ssd300 import DecodeDetections", "import ssd300.inference",
+                                   "import ssd300.ssd_layers", "from ssd300 import SSD300"])
+def test_whichever_module_imports_keras_first_every_layer_registers(first):
+    """`import keras` inside a layer module registers ssd300's layers while that module is half done."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (f"{first}\nimport keras\nprint(sorted(n for n in ('Normalize', 'PriorBox', 'DilatedConv2D', "
+            "'DecodeDetections', 'CaffePreprocess') if keras.saving.get_registered_object('ssd300>' + n)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == str(sorted(["CaffePreprocess", "DecodeDetections", "DilatedConv2D",
+                                                       "Normalize", "PriorBox"]))
