@@ -9,10 +9,12 @@ the augmentation writes each image straight into its slot of the batch.
 """
 
 import atexit
+import collections.abc
 import functools
 import glob
 import math
 import multiprocessing
+import numbers
 import os
 import tempfile
 import warnings
@@ -319,6 +321,34 @@ class CompactBatch(tuple):
                                    targets.reshape(-1, columns)[rows_at])
 
 
+def check_loader_arguments(gt, batch_size, parts):
+    """Refuse what would fail, or hang, only once batches are drawn.
+
+    Args:
+        gt: ``{image key: (N, 4 + C)}``.
+        batch_size: must be an integer >= 1.
+        parts: ``{part name: keys}`` (e.g. ``{"training": train_keys}``).
+
+    Raises:
+        ValueError: a batch size that is not a positive integer, ``gt`` not
+            a mapping, keys given as one string, or keys without ground
+            truth (up to three named).
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(gt, collections.abc.Mapping):
+        raise ValueError(f"gt must map image keys to boxes (as XML_preprocessor(...).data), "
+                         f"got {type(gt).__name__}")
+    for part, keys in parts.items():
+        if isinstance(keys, (str, bytes)):
+            raise ValueError(f"{part} keys must be a list of image file names, got the string {keys!r}")
+        missing = [k for k in keys if k not in gt]
+        if missing:
+            raise ValueError(f"{len(missing)} {part} keys have no ground truth in gt "
+                             f"({', '.join(map(repr, missing[:3]))}{', ...' if len(missing) > 3 else ''}); "
+                             f"keys are gt's image file names, such as {next(iter(gt), '000005.jpg')!r}")
+
+
 class Generator:
     """The originals' batch generator (wikke/SSD_Keras ``generator.py``).
 
@@ -349,6 +379,7 @@ class Generator:
                  hflip_prob=0.5, vflip_prob=0.5, do_crop=True, crop_area_range=[0.75, 1.0],
                  aspect_ratio_range=[3. / 4., 4. / 3.], augment="original", seed=None,
                  skip_bad_images=False, sizes=None):
+        check_loader_arguments(gt, batch_size, {"training": train_keys, "validation": val_keys})
         self.gt = gt
         self.bbox_util = bbox_util
         self.batch_size = batch_size
@@ -444,6 +475,7 @@ class SSDDataset(_pydataset_base()):
                  num_shards=1, shard_index=0, steps_per_epoch=None, **augment_options):
         super().__init__(workers=workers, use_multiprocessing=use_multiprocessing,
                          max_queue_size=max_queue_size)
+        check_loader_arguments(gt, batch_size, {"dataset": keys})
         self.keys = list(keys)
         if not self.keys:
             raise ValueError("SSDDataset needs at least one key")

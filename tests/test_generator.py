@@ -49,6 +49,26 @@ def test_generator_batches(synth, util):
     assert np.array_equal(next(gen2.generate(True))[0], x)
 
 
+def test_loaders_refuse_what_would_fail_or_hang_at_the_first_batch(synth, util):
+    root, prep, keys = synth
+    images = f"{root}/JPEGImages/"
+    for size in (0, -2, 2.5, "4", True):  # -2 used to loop forever without yielding
+        with pytest.raises(ValueError, match=rf"^batch_size must be a positive integer, got {size!r}$"):
+            Generator(prep.data, util, size, images, keys[:8], keys[8:], (64, 64))
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            SSDDataset(prep.data, util, images, keys, (64, 64), batch_size=size)
+    assert Generator(prep.data, util, np.int64(4), images, keys[:8], keys[8:], (64, 64)).batch_size == 4
+    with pytest.raises(ValueError, match=r"^2 validation keys have no ground truth in gt \('nope.jpg', '000001'\); "
+                                         rf"keys are gt's image file names, such as '{keys[0]}'$"):
+        Generator(prep.data, util, 4, images, keys[:8], ["nope.jpg", "000001"], (64, 64))
+    with pytest.raises(ValueError, match=r"^5 dataset keys have no ground truth in gt \('a', 'b', 'c', \.\.\.\)"):
+        SSDDataset(prep.data, util, images, list("abcde"), (64, 64))
+    with pytest.raises(ValueError, match=r"^training keys must be a list of image file names, got the string"):
+        Generator(prep.data, util, 4, images, keys[0], keys[8:], (64, 64))
+    with pytest.raises(ValueError, match=r"^gt must map image keys to boxes .*got XML_preprocessor$"):
+        Generator(prep, util, 4, images, keys[:8], keys[8:], (64, 64))
+
+
 def test_targets_equal_assign_boxes_of_transformed_boxes(synth, util):
     root, prep, keys = synth
     pipeline = SamplePipeline(prep.data, util, f"{root}/JPEGImages", (300, 300), "paper")
