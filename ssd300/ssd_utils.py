@@ -5,6 +5,9 @@ the image width and height). A prior array is ``(num_priors, 8)``: a box
 followed by its four variances.
 """
 
+import math
+import numbers
+
 import numpy as np
 
 from .box_ops import batched_nms, box_area, iou
@@ -53,6 +56,22 @@ def decode_boxes(mbox_loc, mbox_priorbox, variances):
     half_wh = 0.5 * np.exp(mbox_loc[..., 2:4] * variances[..., 2:4]) * prior_wh
     boxes = np.concatenate([center - half_wh, center + half_wh], axis=-1)
     return np.clip(boxes, 0.0, 1.0)
+
+
+def check_detection_options(keep_top_k, confidence_threshold):
+    """Refuse :meth:`BBoxUtility.detection_out` options that would quietly change its result.
+
+    Raises:
+        ValueError: ``keep_top_k`` is not a positive integer or ``None``
+            (-1 dropped the last detection), or ``confidence_threshold`` is
+            not a finite number (NaN kept nothing).
+    """
+    if keep_top_k is not None and (isinstance(keep_top_k, bool) or not isinstance(keep_top_k, numbers.Integral)
+                                   or keep_top_k < 1):
+        raise ValueError(f"keep_top_k must be a positive integer or None, got {keep_top_k!r}")
+    if isinstance(confidence_threshold, bool) or not isinstance(confidence_threshold, numbers.Real) \
+            or not math.isfinite(confidence_threshold):
+        raise ValueError(f"confidence_threshold must be a finite number, got {confidence_threshold!r}")
 
 
 class BBoxUtility:
@@ -224,7 +243,7 @@ class BBoxUtility:
             predictions: ``(batch, num_priors, 4 + num_classes + 8)``, the
                 model's output.
             background_label_id: the class to skip.
-            keep_top_k: detections kept per image after NMS.
+            keep_top_k: detections kept per image after NMS (``None``: all).
             confidence_threshold: a class score must exceed this to be
                 considered.
 
@@ -233,6 +252,7 @@ class BBoxUtility:
             ``[label, confidence, xmin, ymin, xmax, ymax]`` by decreasing
             confidence; ``(0, 6)`` when nothing is detected.
         """
+        check_detection_options(keep_top_k, confidence_threshold)
         predictions = np.asarray(predictions)
         if predictions.ndim != 3 or predictions.shape[-1] != num_columns(self.num_classes):
             raise ValueError(

@@ -244,6 +244,21 @@ def test_detection_out_float32_ties_and_other_background(priors, rng):
         np.testing.assert_array_equal(g, e)
 
 
+def test_detection_out_refuses_options_that_change_its_result_quietly(priors, rng):
+    util = BBoxUtility(NUM_CLASSES, priors)
+    preds = fake_predictions(rng, priors, 1)
+    every = util.detection_out(preds, keep_top_k=None)[0]
+    assert len(every) > 3
+    np.testing.assert_array_equal(util.detection_out(preds, keep_top_k=3)[0], every[:3])
+    for keep in (-1, 0, 2.5, True):  # -1 used to drop the last detection
+        with pytest.raises(ValueError, match=rf"^keep_top_k must be a positive integer or None, got {keep!r}$"):
+            util.detection_out(preds, keep_top_k=keep)
+    for threshold in (float("nan"), float("inf"), "0.5", None):  # NaN used to keep nothing
+        with pytest.raises(ValueError, match="^confidence_threshold must be a finite number"):
+            util.detection_out(preds, confidence_threshold=threshold)
+    assert len(util.detection_out(preds, keep_top_k=np.int64(2), confidence_threshold=np.float32(0.01))[0]) == 2
+
+
 def test_detection_out_rejects_a_wrong_shape(priors):
     util = BBoxUtility(NUM_CLASSES, priors)
     with pytest.raises(ValueError, match=r"\(batch, num_priors, 33\)"):
