@@ -4,22 +4,26 @@ import os
 
 import numpy as np
 
-from .image_io import keys_used_as_stored, open_rgb, preprocess_input, resize
+from .errors import UserError
+from .image_io import keys_used_as_stored, open_rgb, preprocess_input, resize, rgb_array
+from .layout import num_classes_of, num_columns
 from .priors import priors_from_model
-from .ssd_utils import BBoxUtility
+from .ssd_utils import BBoxUtility, check_detection_options
 
 
 class PictureDetector:
     """What every detector does with pictures, given a batch's normalised detections.
 
     A subclass sets ``input_size`` (``(height, width)`` of its input) and
-    implements :meth:`detect_batch`; this class resizes the pictures, puts the
+    ``classes``, and implements :meth:`detect_batch`; this class resizes the pictures, puts the
     boxes in each picture's pixel frame and reads files (see
     :class:`Detector` for Keras weights and
     :class:`ssd300.onnx_runtime.OnnxDetector` for an exported ONNX file).
     """
 
     input_size = None
+    #: The class names without the background (label ``i`` is ``classes[i - 1]``), or ``None`` (unknown).
+    classes = None
 
     def detect_batch(self, batch):
         """Detections for ``(B, h, w, 3)`` uint8 RGB at ``input_size``.
@@ -34,7 +38,9 @@ class PictureDetector:
         """Detections for RGB uint8 arrays of any sizes.
 
         Args:
-            images: ``(H, W, 3)`` uint8 arrays.
+            images: a list of ``(H, W, 3)`` uint8 arrays (gray and RGBA arrays
+                and ``PIL`` images are converted, see
+                :func:`ssd300.image_io.rgb_array`).
             sizes: optional ``(width, height)`` of each image's pixel frame
                 to give the boxes in (an annotation's ``<size>``, which
                 training normalised the boxes by); ``None`` entries or no
@@ -43,6 +49,10 @@ class PictureDetector:
         Returns:
             a list of ``(K, 6)`` ``[label, score, xmin, ymin, xmax, ymax]`` in
             pixels of each image's frame.
+
+        Raises:
+            ValueError: a picture that is not uint8 pixels of one of those
+                shapes (named by its position), or one array instead of a list.
         """
         if not len(images):
             return []
@@ -50,14 +60,17 @@ class PictureDetector:
             sizes = [None] * len(images)
         if len(sizes) != len(images):
             raise ValueError(f"{len(images)} images but {len(sizes)} sizes")
-        batch = np.stack([resize(np.asarray(im), self.input_size) for im in images])
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise ValueError(f"detect_arrays takes a list of pictures, got one array of shape {images.shape}")
+        images = [rgb_array(image, f"image {i}") for i, image in enumerate(images)]
+        batch = np.stack([resize(image, self.input_size) for image in images])
         found = self.detect_batch(batch)
         if len(found) != len(batch):  # zip would drop pictures without a word
             raise RuntimeError(f"{type(self).__name__}.detect_batch returned {len(found)} results "
                                f"for {len(batch)} pictures")
         out = []
         for image, size, det in zip(images, sizes, found):
-            w, h = size if size is not None else np.asarray(image).shape[1::-1]  # (W, H) of (H, W, 3)
+            w, h = size if size is not None else image.shape[1::-1]  # (W, H) of (H, W, 3)
             det = np.array(det, dtype=np.float64)
             det[:, 2:6] *= [w, h, w, h]
             out.append(det)
@@ -127,10 +140,18 @@ class PictureDetector:
             AnnotationError: two pictures have the same devkit image id
                 (``a.jpg`` and ``a.png``).
             ImageError: a picture is missing or unreadable.
+            UserError: the annotations' classes are not the detector's (in order).
         """
         from .evaluation import devkit_image_ids, evaluate_detections, ground_truth_from_annotations
         from .voc import annotation_sizes
 
+        if not all(hasattr(annotations, name) for name in ("data", "annotations", "classes")):
+            raise TypeError(f"annotations must be a dataset read with XML_preprocessor (or load_coco), "
+                            f"got {type(annotations).__name__}")
+        if self.classes is not None and tuple(self.classes) != tuple(annotations.classes):
+            # Labels are positions in the class list: other names or another order score the wrong boxes.
+            raise UserError(f"the detector's classes {list(self.classes)} are not the annotations' "
+                            f"{list(annotations.classes)}: read the annotations with the detector's classes")
         keys = sorted(annotations.data)
         ids = devkit_image_ids(keys)
         ground_truth = ground_truth_from_annotations(annotations.annotations)
@@ -155,6 +176,16 @@ class Detector(PictureDetector):
 
     def __init__(self, model, classes, confidence_threshold=0.01, nms_thresh=0.45, top_k=400,
                  keep_top_k=200):
+        if not all(hasattr(model, name) for name in ("predict", "input_shape", "output_shape")):
+            raise TypeError(f"Detector needs a Keras SSD model, got {type(model).__name__} (build one "
+                            "with ssd300.SSD300 and load weights with ssd300.load_weights_by_name)")
+        if isinstance(classes, str):
+            raise TypeError(f"classes must be a list of names, got the string {classes!r}")
+        check_detection_options(keep_top_k, confidence_threshold)
+        columns = model.output_shape[-1]
+        if columns != num_columns(len(classes) + 1):
+            raise UserError(f"Detector: {len(classes)} class names for a model that detects "
+                            f"{num_classes_of(columns) - 1} classes + background")
         self.model = model
         self.classes = tuple(classes)
         self.input_size = tuple(model.input_shape[1:3])

@@ -234,6 +234,42 @@ def as_pil(image):
     return Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
 
 
+def rgb_array(image, name="image"):
+    """An ``(H, W, 3)`` uint8 RGB array of a picture given as an array or a ``PIL.Image``.
+
+    Gray ``(H, W)`` and ``(H, W, 1)`` arrays are repeated into three
+    channels and an RGBA array's alpha is dropped, as :func:`open_rgb` does
+    for files; a ``PIL.Image`` is converted to RGB.
+
+    Args:
+        image: ``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)`` or ``(H, W, 4)``
+            uint8 values 0-255, or a ``PIL.Image``.
+        name: what to call it in an error (``"image 3"``).
+
+    Raises:
+        ValueError: another type, shape or dtype (float pictures are not
+            guessed at: [0, 1] and [0, 255] scales both exist), or an empty picture.
+    """
+    if isinstance(image, Image.Image):
+        image = image.convert("RGB")
+    if isinstance(image, (str, bytes, os.PathLike)):
+        raise ValueError(f"{name} is a path ({os.fspath(image)!r}), not pixels; read files with "
+                         "detect_files or load_image")
+    array = np.asarray(image)
+    shape = array.shape
+    if array.ndim == 2:
+        array = array[..., None]
+    if array.ndim != 3 or array.shape[-1] not in (1, 3, 4) or 0 in array.shape:
+        raise ValueError(f"{name}: expected an (H, W, 3) RGB picture (or (H, W) gray, (H, W, 4) RGBA), "
+                         f"got shape {shape}")
+    if array.dtype != np.uint8:
+        hint = " (for values in [0, 1]: (image * 255).round().astype(np.uint8))" if array.dtype.kind == "f" else ""
+        raise ValueError(f"{name}: expected uint8 values 0-255, got {array.dtype}{hint}")
+    if array.shape[-1] == 1:
+        return np.repeat(array, 3, axis=-1)
+    return array[..., :3]
+
+
 def resize_pil(img, size):
     """Resize a ``PIL.Image`` to ``size = (height, width)`` (bilinear); the pixels of :func:`resize`."""
     height, width = size

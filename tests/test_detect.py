@@ -36,6 +36,25 @@ def test_boxes_come_in_each_pictures_pixels():
     assert detector.detect_arrays([]) == []
 
 
+def test_gray_rgba_and_pil_pictures_are_made_rgb_and_others_refused():
+    from PIL import Image
+
+    detector = Fixed()
+    gray = np.arange(30 * 40, dtype=np.uint8).reshape(30, 40)
+    rgb = np.stack([gray] * 3, -1)
+    rgba = np.concatenate([rgb, np.full((30, 40, 1), 9, np.uint8)], -1)
+    found = detector.detect_arrays([gray, rgba, Image.fromarray(rgb), rgb])
+    first = detector.batches[0]
+    for i in range(3):
+        np.testing.assert_array_equal(first[i], first[3])
+        np.testing.assert_array_equal(found[i], found[3])
+    with pytest.raises(ValueError, match=r"^image 1: expected uint8 values 0-255, got float64"):
+        detector.detect_arrays([rgb, rgb / 255.0])
+    with pytest.raises(ValueError, match=r"^detect_arrays takes a list of pictures, got one array of shape"):
+        detector.detect_arrays(rgb)
+    assert len(detector.batches) == 1
+
+
 def test_a_detect_batch_that_loses_pictures_is_an_error():
     images = [np.zeros((5, 5, 3), np.uint8)] * 3
     with pytest.raises(RuntimeError, match=r"^Fixed.detect_batch returned 2 results for 3 pictures$"):
@@ -77,3 +96,39 @@ def test_whichever_module_imports_keras_first_every_layer_registers(first):
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split("\n")[-2] == str(sorted(["CaffePreprocess", "DecodeDetections", "DilatedConv2D",
                                                        "Normalize", "PriorBox"]))
+
+
+def test_detector_checks_its_model_classes_and_options():
+    from ssd300 import SSD300
+    from ssd300.detect import Detector
+    from ssd300.errors import UserError
+
+    model = SSD300((64, 64, 3), num_classes=4)
+    assert Detector(model, ["a", "b", "c"]).bbox_util.num_classes == 4
+    with pytest.raises(UserError, match=r"^Detector: 2 class names for a model that detects 3 classes \+ background$"):
+        Detector(model, ["a", "b"])
+    with pytest.raises(TypeError, match=r"^classes must be a list of names, got the string 'abc'$"):
+        Detector(model, "abc")
+    with pytest.raises(TypeError, match=r"^Detector needs a Keras SSD model, got str"):
+        Detector("w.h5", ["a", "b", "c"])
+    with pytest.raises(ValueError, match="keep_top_k must be a positive integer or None, got -1"):
+        Detector(model, ["a", "b", "c"], keep_top_k=-1)
+    with pytest.raises(ValueError, match="confidence_threshold must be a finite number, got nan"):
+        Detector(model, ["a", "b", "c"], confidence_threshold=float("nan"))
+
+
+def test_evaluate_voc_refuses_annotations_of_other_classes():
+    """Labels are positions in the class list: the same names in another order scored the wrong boxes."""
+    from types import SimpleNamespace
+
+    from ssd300.errors import UserError
+
+    detector = Fixed()
+    detector.classes = ("cat", "dog")
+    swapped = SimpleNamespace(data={}, annotations={}, classes=("dog", "cat"))
+    with pytest.raises(UserError, match=r"^the detector's classes \['cat', 'dog'\] are not the annotations' "
+                                        r"\['dog', 'cat'\]"):
+        detector.evaluate_voc("nowhere", swapped)
+    with pytest.raises(TypeError, match=r"^annotations must be a dataset read with XML_preprocessor .*got str$"):
+        detector.evaluate_voc("nowhere", "VOC2007/Annotations")
+    assert detector.batches == []

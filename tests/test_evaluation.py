@@ -142,7 +142,7 @@ def test_images_with_the_same_stem_are_not_merged():
     result = evaluate_detections(detections, by_file, use_07_metric=False)
     assert result["num_positives"] == {1: 2} and result["ap"][1] == pytest.approx(0.5)
     # Detector.evaluate_voc writes devkit ids: it refuses before detecting anything.
-    dataset = SimpleNamespace(data={k: None for k in ann}, annotations=ann)
+    dataset = SimpleNamespace(data={k: None for k in ann}, annotations=ann, classes=("cat",))
     detector = TargetDetector(("cat",), [])
     with pytest.raises(AnnotationError, match=r"images a\.jpg and a\.png have the same image id"):
         detector.evaluate_voc("nowhere", dataset)

@@ -160,6 +160,28 @@ def test_modes_become_rgb_with_known_values(tmp_path):
     np.testing.assert_array_equal(load_image(tmp_path / "rgba.png"), rgba[..., :3])
 
 
+def test_arrays_become_rgb_as_files_do():
+    from ssd300.image_io import rgb_array
+
+    gray = np.array([[0, 128], [255, 7]], np.uint8)
+    np.testing.assert_array_equal(rgb_array(gray), np.stack([gray] * 3, -1))
+    np.testing.assert_array_equal(rgb_array(gray[..., None]), np.stack([gray] * 3, -1))
+    rgba = np.array([[[1, 2, 3, 0], [4, 5, 6, 255]]], np.uint8)
+    np.testing.assert_array_equal(rgb_array(rgba), rgba[..., :3])
+    np.testing.assert_array_equal(rgb_array(Image.fromarray(rgba)), rgba[..., :3])
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    assert rgb_array(rgb) is rgb or np.shares_memory(rgb_array(rgb), rgb)
+    refused = [(np.zeros((2, 2, 3)), r"image 0: expected uint8 values 0-255, got float64 \(for values in \[0, 1\]"),
+               (np.zeros((2, 2, 3), np.uint16), r"image 0: expected uint8 values 0-255, got uint16$"),
+               (np.zeros((0, 0, 3), np.uint8), r"got shape \(0, 0, 3\)"),
+               (np.zeros((2, 2, 2), np.uint8), r"image 0: expected an \(H, W, 3\) RGB picture .*got shape \(2, 2, 2\)"),
+               (np.zeros(5, np.uint8), r"got shape \(5,\)"),
+               ("pics/cat.jpg", r"image 0 is a path \('pics/cat.jpg'\), not pixels")]
+    for value, message in refused:
+        with pytest.raises(ValueError, match=message):
+            rgb_array(value, "image 0")
+
+
 def test_planes_and_caffe_write():
     rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
     p = planes(rgb)
