@@ -721,6 +721,10 @@ def test_argument_errors_name_the_argument(clip, tmp_path):
         with pytest.raises(UserError) as info:
             detect_video(Boxes(), clip, out_jsonl=tmp_path / "o.jsonl", progress=False, **kwargs)
         assert str(info.value) == f"detect_video: {message}"
+    with pytest.raises(UserError, match=r"^detect_video: min_score must be a finite number, got nan$"):
+        detect_video(Boxes(), clip, out_jsonl=tmp_path / "o.jsonl", progress=False, min_score=float("nan"))
+    with pytest.raises(UserError, match=r"^detect_video: detector must be a Detector .*got str$"):
+        detect_video("w.h5", clip, out_jsonl=tmp_path / "o.jsonl", progress=False)
     assert_only(tmp_path, [])
 
 
