@@ -59,22 +59,32 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
             f"refusing to load {module}.{name}: only a plain NumPy array is accepted")
 
 
-def validate_priors(priors, source="priors"):
-    """Return ``priors`` as a float32 ``(N, 8)`` array, or raise ``PriorFileError``.
+def check_priors(priors, source="priors"):
+    """Raise ``PriorFileError`` unless ``priors`` is a finite, real ``(N, 8)`` NumPy array (N >= 1).
 
-    Values must be finite and within float32's range; both are checked
-    before the cast, which would otherwise turn a large float64 into ``inf``
-    (with NumPy's overflow warning).
+    The columns are a normalised ``xmin, ymin, xmax, ymax`` box and its four
+    variances. The array is not converted: callers keep its dtype.
     """
     if not isinstance(priors, np.ndarray):
         raise PriorFileError(
             f"{source}: expected a NumPy array of shape (N, 8), got {type(priors).__name__}")
     if priors.ndim != 2 or priors.shape[1] != 8 or priors.shape[0] == 0:
-        raise PriorFileError(f"{source}: expected shape (N, 8), got {priors.shape}")
+        raise PriorFileError(f"{source}: expected shape (N, 8) (a box and its 4 variances per prior), "
+                             f"got {priors.shape}")
     if not np.issubdtype(priors.dtype, np.number) or np.issubdtype(priors.dtype, np.complexfloating):
         raise PriorFileError(f"{source}: expected a real numeric array, got dtype {priors.dtype}")
     if not np.all(np.isfinite(priors)):
         raise PriorFileError(f"{source}: contains NaN or infinite values")
+
+
+def validate_priors(priors, source="priors"):
+    """Return ``priors`` as a float32 ``(N, 8)`` array, or raise ``PriorFileError``.
+
+    Values must be finite and within float32's range (:func:`check_priors`);
+    both are checked before the cast, which would otherwise turn a large
+    float64 into ``inf`` (with NumPy's overflow warning).
+    """
+    check_priors(priors, source)
     largest = np.abs(priors).max()
     if largest > np.finfo(np.float32).max:
         raise PriorFileError(f"{source}: contains values too large for float32 (up to {largest:g})")

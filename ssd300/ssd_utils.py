@@ -7,11 +7,13 @@ followed by its four variances.
 
 import math
 import numbers
+import os
 
 import numpy as np
 
 from .box_ops import batched_nms, box_area, iou
 from .layout import num_columns, split_predictions, split_targets
+from .priors import PriorFileError, check_priors
 
 
 def encode_boxes(boxes, priors):
@@ -92,6 +94,11 @@ class BBoxUtility:
 
     def __init__(self, num_classes, priors=None, overlap_threshold=0.5,
                  nms_thresh=0.45, top_k=400):
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+            raise ValueError(f"num_classes counts the background and one class at least: an integer >= 2, "
+                             f"got {num_classes!r}")
+        if not 0.0 <= overlap_threshold <= 1.0:
+            raise ValueError(f"overlap_threshold must be in [0, 1], got {overlap_threshold}")
         self.num_classes = num_classes
         self.overlap_threshold = overlap_threshold
         self.nms_thresh = nms_thresh
@@ -104,10 +111,14 @@ class BBoxUtility:
 
     @priors.setter
     def priors(self, priors):
+        if isinstance(priors, (str, bytes, os.PathLike)):
+            raise PriorFileError(f"priors: got the path {os.fspath(priors)!r}; pass "
+                                 "ssd300.load_priors(path) or ssd300.priors_from_model(model)")
         self._priors = None if priors is None else np.asarray(priors)
         self.num_priors = 0 if priors is None else len(self._priors)
         if priors is None:
             return
+        check_priors(self._priors, "priors")
         # Matching reuses the priors' boxes and areas. Areas are taken in the
         # priors' own dtype first, as the original's arithmetic was.
         self._boxes = self._priors[:, :4].astype(np.float64)
@@ -211,6 +222,9 @@ class BBoxUtility:
             for matched priors; the last 7 columns are 0. All background
             when there is no box, as the original's ``len(boxes) == 0`` case.
         """
+        if self.priors is None:
+            raise ValueError("assign_boxes needs priors: BBoxUtility(num_classes, priors) with "
+                             "ssd300.load_priors(...) or ssd300.priors_from_model(model)")
         boxes = np.asarray(boxes, dtype=np.float64)
         assignment = np.zeros((self.num_priors, num_columns(self.num_classes)), dtype=dtype)
         offsets, one_hot, _ = split_targets(assignment)

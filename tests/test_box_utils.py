@@ -1,5 +1,7 @@
 """BBoxUtility against one-box-at-a-time / per-class restatements of the original."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -257,6 +259,27 @@ def test_detection_out_refuses_options_that_change_its_result_quietly(priors, rn
         with pytest.raises(ValueError, match="^confidence_threshold must be a finite number"):
             util.detection_out(preds, confidence_threshold=threshold)
     assert len(util.detection_out(preds, keep_top_k=np.int64(2), confidence_threshold=np.float32(0.01))[0]) == 2
+
+
+def test_bbox_utility_refuses_what_it_would_misuse(priors):
+    from ssd300.priors import PriorFileError
+
+    for num_classes in (0, 1, 2.5, "21", True):
+        with pytest.raises(ValueError, match=rf"an integer >= 2, got {re.escape(repr(num_classes))}$"):
+            BBoxUtility(num_classes, priors)
+    for threshold in (-1, 1.5, float("nan")):  # -1 matched every prior
+        with pytest.raises(ValueError, match="overlap_threshold must be in"):
+            BBoxUtility(NUM_CLASSES, priors, overlap_threshold=threshold)
+    bad = [(priors[:, :4], r"expected shape \(N, 8\) .*got \(7308, 4\)"),
+           (priors.T, r"got \(8, 7308\)"),  # read as 8 priors before
+           (np.where(np.arange(8) == 2, np.nan, priors), "contains NaN or infinite values"),
+           ("prior_boxes_ssd300.pkl", r"got the path 'prior_boxes_ssd300.pkl'; pass ssd300.load_priors")]
+    for value, message in bad:
+        with pytest.raises(PriorFileError, match=message):
+            BBoxUtility(NUM_CLASSES, value)
+    with pytest.raises(ValueError, match="^assign_boxes needs priors"):
+        BBoxUtility(NUM_CLASSES).assign_boxes(np.zeros((0, 4 + NUM_CLASSES - 1)))
+    np.testing.assert_array_equal(BBoxUtility(NUM_CLASSES, priors.tolist()).priors, priors)
 
 
 def test_detection_out_rejects_a_wrong_shape(priors):
