@@ -4,10 +4,13 @@ Runs on every Keras backend and under XLA/``jit``: every shape is static,
 so hard-negative mining selects by rank instead of a data-sized ``top_k``.
 """
 
+import math
+import numbers
+
 import keras
 from keras import ops
 
-from .layout import split_predictions, split_targets
+from .layout import num_columns, split_predictions, split_targets
 
 
 def _descending_rank(x):
@@ -57,12 +60,30 @@ class MultiboxLoss:
                  per_image_mining=False):
         if background_label_id != 0:
             raise ValueError("Only 0 as background label id is supported.")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+            raise ValueError(f"num_classes counts the background and one class at least: an integer >= 2, "
+                             f"got {num_classes!r}")
+        for name, value in (("alpha", alpha), ("neg_pos_ratio", neg_pos_ratio),
+                            ("negatives_for_hard", negatives_for_hard)):
+            # A negative or NaN ratio fell back to negatives_for_hard without a word.
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.num_classes = num_classes
         self.alpha = alpha
         self.neg_pos_ratio = neg_pos_ratio
         self.background_label_id = background_label_id
         self.negatives_for_hard = negatives_for_hard
         self.per_image_mining = per_image_mining
+
+    def _check_shapes(self, true_shape, pred_shape):
+        """Refuse static shapes that do not fit, which would fail deep inside the backend (or broadcast)."""
+        columns = num_columns(self.num_classes)
+        for name, shape in (("y_true", true_shape), ("y_pred", pred_shape)):
+            if len(shape) != 3 or shape[-1] not in (None, columns):
+                raise ValueError(f"MultiboxLoss({self.num_classes}): {name} must have shape (batch, num_priors, "
+                                 f"{columns}) (4 + {self.num_classes} classes + 8), got {shape}")
+        if any(a is not None and b is not None and a != b for a, b in zip(true_shape, pred_shape)):
+            raise ValueError(f"MultiboxLoss: y_true {true_shape} and y_pred {pred_shape} differ in shape")
 
     def _l1_smooth_loss(self, y_true, y_pred):
         """Smooth L1 summed over the last axis: ``(..., 4) -> (...)``."""
@@ -86,6 +107,7 @@ class MultiboxLoss:
         Returns:
             ``(batch,)`` float32 loss.
         """
+        self._check_shapes(tuple(y_true.shape), tuple(y_pred.shape))
         y_true = ops.cast(y_true, "float32")
         y_pred = ops.cast(y_pred, "float32")
         num_boxes = float(y_true.shape[1]) if y_true.shape[1] is not None else ops.cast(

@@ -107,3 +107,23 @@ def test_loss_gradient_finite_without_positives():
 def test_background_label_must_be_zero():
     with pytest.raises(ValueError):
         MultiboxLoss(21, background_label_id=1)
+
+
+def test_loss_refuses_settings_and_shapes_that_do_not_fit():
+    for num_classes in (0, 1, 2.5, "4"):  # num_classes used to be ignored
+        with pytest.raises(ValueError, match="an integer >= 2"):
+            MultiboxLoss(num_classes)
+    for name in ("alpha", "neg_pos_ratio", "negatives_for_hard"):
+        for value in (-1.0, float("nan"), float("inf")):  # -3 or NaN quietly mined negatives_for_hard
+            with pytest.raises(ValueError, match=rf"^{name} must be a finite number >= 0"):
+                MultiboxLoss(NUM_CLASSES, **{name: value})
+    y_true, y_pred = make_batch(np.random.default_rng(0), [3, 1])
+    loss = MultiboxLoss(NUM_CLASSES)
+    with pytest.raises(ValueError, match=r"^MultiboxLoss\(21\): y_true must have shape \(batch, num_priors, 33\)"):
+        loss_value(MultiboxLoss(21), y_true, y_pred)
+    with pytest.raises(ValueError, match=r"differ in shape"):
+        loss_value(loss, y_true, y_pred[:, :200])
+    with pytest.raises(ValueError, match=r"y_pred must have shape .*got \(300, 18\)"):
+        loss_value(loss, y_true, y_pred[0])
+    np.testing.assert_allclose(loss_value(loss, y_true, y_pred), multibox_loss(y_true, y_pred, NUM_CLASSES),
+                               rtol=1e-5)
