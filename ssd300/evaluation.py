@@ -6,6 +6,7 @@ with pixel ``xmin, ymin, xmax, ymax`` (VOC: 1-based, inclusive) and labels
 ymin, xmax, ymax]`` in pixels.
 """
 
+import collections.abc
 import gzip
 import json
 import os
@@ -80,6 +81,24 @@ def _class_tp_fp(det_image, det_boxes, gt_boxes, gt_difficult, gt_offsets, iou_t
     return tp, fp
 
 
+def _rows(values, columns, what):
+    """``values`` as a finite float64 ``(N, columns)`` array; one row may come flat, no rows as any empty array.
+
+    Raises:
+        ValueError: another shape (``what`` names the array), or NaN / infinite values.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    if array.size == 0:
+        return np.zeros((0, columns))
+    if array.shape == (columns,):
+        array = array[None]
+    if array.ndim != 2 or array.shape[1] != columns:
+        raise ValueError(f"{what}: expected shape (N, {columns}), got {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{what}: NaN or infinite values")
+    return array
+
+
 def evaluate_detections(detections, ground_truth, iou_threshold=0.5, use_07_metric=True):
     """Score detections with the PASCAL VOC devkit's rules.
 
@@ -100,8 +119,15 @@ def evaluate_detections(detections, ground_truth, iou_threshold=0.5, use_07_metr
         over the classes with at least one non-difficult object.
 
     Raises:
-        ValueError: detections for images that have no ground truth entry.
+        ValueError: detections for images that have no ground truth entry,
+            arrays of other shapes or with NaN (the image named), or an
+            ``iou_threshold`` outside ``[0, 1]``.
     """
+    if not 0.0 <= iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    for name, value in (("detections", detections), ("ground_truth", ground_truth)):
+        if not isinstance(value, collections.abc.Mapping):
+            raise ValueError(f"{name} must map image ids to arrays, got {type(value).__name__}")
     unknown = set(detections) - set(ground_truth)
     if unknown:
         raise ValueError(f"detections for {len(unknown)} images without ground truth, "
@@ -112,19 +138,27 @@ def evaluate_detections(detections, ground_truth, iou_threshold=0.5, use_07_metr
     gt_image, gt_boxes, gt_labels, gt_difficult = [], [], [], []
     for i, image_id in enumerate(image_ids):
         g = ground_truth[image_id]
-        boxes = np.asarray(g["boxes"], dtype=np.float64).reshape(-1, 4)
+        if not isinstance(g, collections.abc.Mapping) or "boxes" not in g or "labels" not in g:
+            raise ValueError(f"ground truth of image {image_id!r}: expected a dict with 'boxes', 'labels' "
+                             f"(and 'difficult')")
+        boxes = _rows(g["boxes"], 4, f"ground truth boxes of image {image_id!r}")
+        labels = np.asarray(g["labels"], dtype=np.int64).reshape(-1)
+        difficult = g.get("difficult")
+        difficult = (np.zeros(len(boxes), bool) if difficult is None
+                     else np.asarray(difficult, dtype=bool).reshape(-1))
+        if not len(labels) == len(difficult) == len(boxes):
+            raise ValueError(f"ground truth of image {image_id!r}: {len(boxes)} boxes, {len(labels)} labels "
+                             f"and {len(difficult)} difficult flags")
         gt_image.append(np.full(len(boxes), i))
         gt_boxes.append(boxes)
-        gt_labels.append(np.asarray(g["labels"], dtype=np.int64).reshape(-1))
-        difficult = g.get("difficult")
-        gt_difficult.append(np.zeros(len(boxes), bool) if difficult is None
-                            else np.asarray(difficult, dtype=bool).reshape(-1))
+        gt_labels.append(labels)
+        gt_difficult.append(difficult)
     gt_image = np.concatenate(gt_image) if gt_image else np.zeros(0, np.int64)
     gt_boxes = np.concatenate(gt_boxes) if gt_boxes else np.zeros((0, 4))
     gt_labels = np.concatenate(gt_labels) if gt_labels else np.zeros(0, np.int64)
     gt_difficult = np.concatenate(gt_difficult) if gt_difficult else np.zeros(0, bool)
 
-    det_parts = [(index[k], np.asarray(v, dtype=np.float64).reshape(-1, 6)) for k, v in detections.items()]
+    det_parts = [(index[k], _rows(v, 6, f"detections of image {k!r}")) for k, v in detections.items()]
     det_image = np.concatenate([np.full(len(d), i) for i, d in det_parts]) if det_parts else np.zeros(0, int)
     dets = np.concatenate([d for _, d in det_parts]) if det_parts else np.zeros((0, 6))
 

@@ -285,3 +285,25 @@ def test_devkit_results_that_cannot_be_written_name_the_folder(tmp_path):
         write_devkit_results(detections, ["dog"], tmp_path / "afile")
     assert write_devkit_results(detections, ["dog"], tmp_path / "out") == [str(tmp_path / "out" / "comp4_det_test_dog.txt")]
     assert (tmp_path / "out" / "comp4_det_test_dog.txt").read_text() == "000001 0.900000 10.0 20.0 30.0 40.0\n"
+
+
+def test_evaluate_detections_refuses_malformed_arrays_naming_the_image():
+    gt = {"a": {"boxes": [[1, 1, 50, 50]], "labels": [1], "difficult": [False]},
+          "b": {"boxes": np.zeros((0, 4)), "labels": [], "difficult": []}}
+    hit = np.array([[1, 0.9, 1, 1, 50, 50]])
+    assert evaluate_detections({"a": hit[0], "b": []}, gt)["map"] == 1.0  # one flat row, no rows
+    refused = [({"a": np.ones((3, 4))}, gt, 0.5, r"detections of image 'a': expected shape \(N, 6\), got \(3, 4\)"),
+               ({"a": np.ones((2, 7))}, gt, 0.5, r"got \(2, 7\)"),  # 14 values were read as 2 rows of 6 before
+               ({"a": [[1, np.nan, 1, 1, 50, 50]]}, gt, 0.5, r"detections of image 'a': NaN or infinite values"),
+               ({"a": hit}, {**gt, "b": {"boxes": [[1, 2, 3, 4, 5]], "labels": [1]}}, 0.5,
+                r"ground truth boxes of image 'b': expected shape \(N, 4\), got \(1, 5\)"),
+               ({"a": hit}, {**gt, "b": {"boxes": [[1, 2, 3, 4]], "labels": [1, 2]}}, 0.5,
+                r"ground truth of image 'b': 1 boxes, 2 labels and 1 difficult flags"),
+               ({"a": hit}, {**gt, "b": {"boxes": [[1, 2, 3, 4]]}}, 0.5,
+                r"ground truth of image 'b': expected a dict with 'boxes', 'labels'"),
+               ({"a": hit}, [gt], 0.5, r"ground_truth must map image ids to arrays, got list"),
+               ({"a": hit}, gt, 1.5, r"iou_threshold must be in \[0, 1\], got 1.5"),
+               ({"a": hit}, gt, float("nan"), r"iou_threshold must be in \[0, 1\], got nan")]
+    for detections, truth, threshold, message in refused:
+        with pytest.raises(ValueError, match=message):
+            evaluate_detections(detections, truth, iou_threshold=threshold)
