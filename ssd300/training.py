@@ -26,6 +26,8 @@ Example:
 """
 
 import dataclasses
+import math
+import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -148,22 +150,28 @@ class TrainConfig:
     distribute_timeout: float = DEFAULT_TIMEOUT
 
     def __post_init__(self):
-        for name in ("epochs", "batch_size", "input_size"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"{name.replace('_', '-')} must be a positive integer, "
-                                f"got {getattr(self, name)}")
+        for name in ("epochs", "batch_size", "input_size", "workers", "steps_per_epoch"):
+            value = getattr(self, name)
+            # A float was truncated (batch 2.5 ran as 2) or failed deep inside Keras (epochs 1.5).
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
+                                      or value < 1):
+                raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.input_size < 32:
             raise UserError(f"input-size must be at least 32 (SSD300's five poolings), got {self.input_size}")
-        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
-            raise UserError(f"steps-per-epoch must be positive, got {self.steps_per_epoch}")
+        for name in ("neg_pos_ratio", "clipnorm", "time_limit"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
+                                      or not 0 < value < math.inf):
+                raise UserError(f"{name.replace('_', '-')} must be a positive number, got {value!r}")
+        for name in ("freeze", "classes"):
+            if isinstance(getattr(self, name), str):  # one name, read letter by letter
+                raise UserError(f"{name} must be a list of names, got the string {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
-        if self.workers < 1:
-            raise UserError(f"workers must be at least 1, got {self.workers}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError(f"val-fraction must be in [0, 1), got {self.val_fraction}")
-        if not self.lr > 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
+        if not 0 < self.lr < math.inf:
+            raise UserError(f"lr must be a positive number, got {self.lr}")
         if not self.distribute_timeout > 0:
             raise UserError(f"distribute-timeout must be positive, got {self.distribute_timeout}")
         if not self.distribute and (self.coordinator or self.num_processes or self.process_id is not None):

@@ -516,6 +516,29 @@ def test_seed_must_fit_the_random_generators():
             TrainConfig(seed=seed)
 
 
+def test_train_config_refuses_values_fit_would_misuse():
+    from ssd300.errors import UserError
+    from ssd300.training import TrainConfig
+
+    refused = [(dict(batch_size=2.5), r"^batch-size must be a positive integer, got 2.5$"),  # ran as batch 2
+               (dict(epochs=1.5), r"^epochs must be a positive integer, got 1.5$"),
+               (dict(input_size="300"), r"^input-size must be a positive integer, got '300'$"),
+               (dict(workers=0), r"^workers must be a positive integer, got 0$"),
+               (dict(steps_per_epoch=0), r"^steps-per-epoch must be a positive integer, got 0$"),
+               (dict(input_size=16), r"^input-size must be at least 32"),
+               (dict(neg_pos_ratio=float("nan")), r"^neg-pos-ratio must be a positive number, got nan$"),
+               (dict(clipnorm=-1.0), r"^clipnorm must be a positive number, got -1.0$"),  # had no effect
+               (dict(time_limit=-5), r"^time-limit must be a positive number, got -5$"),  # trained on
+               (dict(lr=float("inf")), r"^lr must be a positive number, got inf$"),
+               (dict(freeze="conv1_1"), r"^freeze must be a list of names, got the string 'conv1_1'$"),
+               (dict(classes="circle"), r"^classes must be a list of names, got the string 'circle'$")]
+    for options, message in refused:
+        with pytest.raises(UserError, match=message):
+            TrainConfig(**options)
+    config = TrainConfig(batch_size=np.int64(4), clipnorm=10, time_limit=0.5, steps_per_epoch=None)
+    assert (config.batch_size, config.clipnorm, config.time_limit) == (4, 10, 0.5)
+
+
 def test_an_unwritable_output_folder_is_a_user_error(dataset, tmp_path, monkeypatch):
     import tempfile
 
