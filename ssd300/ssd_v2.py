@@ -4,6 +4,8 @@ Layer names are those of rykov8/ssd_keras and wikke/SSD_Keras, so their
 Keras 2 HDF5 weight files load by layer name (see :mod:`ssd300.weights`).
 """
 
+import numbers
+
 import keras
 from keras import layers
 
@@ -95,12 +97,17 @@ def SSD300v2(input_shape, num_classes=21, kernel_initializer=None):
     References:
         Liu et al., "SSD: Single Shot MultiBox Detector", arXiv:1512.02325.
     """
+    if isinstance(input_shape, (int, str)):
+        raise ValueError(f"input_shape must be (height, width, 3), got {input_shape!r}.")
     input_shape = tuple(input_shape)
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(
             f"input_shape must be (height, width, 3), got {input_shape}.")
-    if num_classes < 2:
-        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}.")
+    if any(size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1)
+           for size in input_shape[:2]):
+        raise ValueError(f"input_shape's height and width must be positive integers, got {input_shape}.")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be an integer >= 2, got {num_classes!r}.")
     img_size = (input_shape[1], input_shape[0])
     inputs = keras.Input(shape=input_shape, name="input_1")
 

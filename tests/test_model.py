@@ -79,6 +79,18 @@ def test_other_input_size_builds():
     assert np.all((priors[:, :4] >= 0) & (priors[:, :4] <= 1))
 
 
+def test_builder_refuses_shapes_and_class_counts_keras_would_fail_on_deep_inside():
+    for shape in ((64.0, 64.0, 3), (0, 64, 3), (-64, 64, 3)):
+        with pytest.raises(ValueError, match=r"height and width must be positive integers"):
+            SSD300v2(shape)
+    for shape in (300, "300", (64, 64, 1), (64, 64)):
+        with pytest.raises(ValueError, match=r"input_shape must be \(height, width, 3\)"):
+            SSD300v2(shape)
+    for num_classes in (1, 2.5, "21", None):
+        with pytest.raises(ValueError, match=r"must be an integer >= 2"):
+            SSD300v2((64, 64, 3), num_classes=num_classes)
+
+
 def test_normalize_matches_numpy():
     x = np.random.default_rng(1).normal(size=(2, 4, 5, 7)).astype("float32")
     layer = Normalize(20)
