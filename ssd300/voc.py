@@ -240,6 +240,8 @@ def check_classes(classes, source="class list"):
     A repeated name would give one class two labels, and the annotations
     would use only one of them.
     """
+    if isinstance(classes, str):  # one name, read letter by letter
+        raise AnnotationError(f"{source}: a list of class names is needed, got the string {classes!r}")
     classes = tuple(classes)
     if not classes:
         raise AnnotationError(f"{source}: no class names")
@@ -324,6 +326,9 @@ class XML_preprocessor:  # noqa: N801  (the original's name)
     def _preprocess_XML(self, progress, ids):  # noqa: N802  (the original's name)
         if ids is None:
             names = sorted(f for f in os.listdir(self.path_prefix) if f.lower().endswith(".xml"))
+            inside = os.path.join(self.path_prefix, "Annotations")
+            if not names and os.path.isdir(inside):  # the VOC folder itself was given
+                raise AnnotationError(f"{self.path_prefix}: no .xml files here; the annotations are in {inside}")
         else:
             names = [f"{i}.xml" for i in ids]
         if progress is None:

@@ -126,6 +126,14 @@ def test_missing_folder_and_split(tmp_path):
         XML_preprocessor(tmp_path / "nope")
     with pytest.raises(AnnotationError, match="trainval.txt: split list not found"):
         read_split(tmp_path, "trainval")
+    # The VOC folder instead of its Annotations folder: said, not read as a dataset without images.
+    (tmp_path / "VOC" / "Annotations").mkdir(parents=True)
+    with pytest.raises(AnnotationError, match=rf"^{tmp_path / 'VOC'}: no .xml files here; the annotations "
+                                              rf"are in {tmp_path / 'VOC' / 'Annotations'}$"):
+        XML_preprocessor(tmp_path / "VOC")
+    assert XML_preprocessor(tmp_path / "VOC" / "Annotations").data == {}
+    with pytest.raises(AnnotationError, match="a list of class names is needed, got the string 'cat'"):
+        XML_preprocessor(tmp_path / "VOC" / "Annotations", classes="cat")
 
 
 def test_random_split_is_seeded_and_complete():
