@@ -89,8 +89,12 @@ def inference_model(model, confidence_threshold=0.01, nms_thresh=0.45, top_k=400
         ``num_detections`` ``(batch,)`` int32, with ``K = keep_top_k``.
 
     Raises:
+        TypeError: ``model`` is not a Keras model.
         ValueError: ``model`` does not look like an SSD model.
     """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"inference_model needs a Keras SSD model, got {type(model).__name__} (build one with "
+                        "ssd300.SSD300 and load weights with ssd300.load_weights_by_name)")
     input_shape = tuple(model.input_shape[1:]) if not isinstance(model.input_shape, list) else None
     if input_shape is None or len(input_shape) != 3 or None in input_shape or input_shape[-1] != 3:
         raise ValueError(f"inference_model needs a model with one input of static shape "

@@ -160,11 +160,15 @@ def priors_from_model(model):
         float32 array ``(num_priors, 8)``.
 
     Raises:
+        TypeError: ``model`` is not a Keras model (a path, say).
         ValueError: the model lacks one of SSD300's PriorBox layers.
     """
     from .ssd_layers import PriorBox
     from .ssd_v2 import prior_layer_names
 
+    if not hasattr(model, "get_layer"):
+        raise TypeError(f"priors_from_model needs a Keras SSD model, got {type(model).__name__}"
+                        f"{' (load a .pkl with load_priors)' if isinstance(model, (str, os.PathLike)) else ''}")
     parts = []
     for name in prior_layer_names():
         try:

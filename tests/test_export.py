@@ -113,6 +113,13 @@ def test_options_need_a_bare_ssd_model(decoder, tmp_path):
         export_detector(decoder, tmp_path / "x.onnx", "onnx", nms_thresh=0.3)
     with pytest.raises(ValueError, match=r"output is SSD predictions"):
         inference_model(keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Dense(2)]))
+    with pytest.raises(TypeError, match=r"^inference_model needs a Keras SSD model, got str"):
+        inference_model("w.h5")
+    from ssd300.priors import priors_from_model
+
+    with pytest.raises(TypeError, match=r"^priors_from_model needs a Keras SSD model, got str \(load a .pkl "
+                                        r"with load_priors\)$"):
+        priors_from_model("prior_boxes_ssd300.pkl")
     assert listing(tmp_path) == []
 
 
