@@ -69,8 +69,7 @@ def check_priors(priors, source="priors"):
         raise PriorFileError(
             f"{source}: expected a NumPy array of shape (N, 8), got {type(priors).__name__}")
     if priors.ndim != 2 or priors.shape[1] != 8 or priors.shape[0] == 0:
-        raise PriorFileError(f"{source}: expected shape (N, 8) (a box and its 4 variances per prior), "
-                             f"got {priors.shape}")
+        raise PriorFileError(f"{source}: expected shape (N, 8), got {priors.shape}")
     if not np.issubdtype(priors.dtype, np.number) or np.issubdtype(priors.dtype, np.complexfloating):
         raise PriorFileError(f"{source}: expected a real numeric array, got dtype {priors.dtype}")
     if not np.all(np.isfinite(priors)):

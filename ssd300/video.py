@@ -636,11 +636,6 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
     """
     if not (out_video or out_jsonl or show):
         raise UserError("detect_video: nothing to do (give out_video, out_jsonl or show)")
-    if not all(hasattr(detector, name) for name in ("detect_arrays", "classes")):
-        raise UserError(f"detect_video: detector must be a Detector (ssd300.Detector(model, classes)) or an "
-                        f"OnnxDetector, got {type(detector).__name__}")
-    if not math.isfinite(min_score):
-        raise UserError(f"detect_video: min_score must be a finite number, got {min_score}")
     every, batch_size, start_frame = int(every), int(batch_size), int(start_frame)
     for argument, value, least in (("every", every, 1), ("batch_size", batch_size, 1),
                                    ("start_frame", start_frame, 0), ("max_frames", max_frames, 1)):
@@ -648,6 +643,11 @@ def detect_video(detector, source, out_video=None, out_jsonl=None, every=1, batc
             raise UserError(f"detect_video: {argument} must be >= {least}, got {value}")
     name = _source_name(source)
     cv2 = import_cv2(f"{name}: reading videos")
+    if not all(hasattr(detector, attribute) for attribute in ("detect_arrays", "classes")):
+        raise UserError(f"detect_video: detector must be a Detector (ssd300.Detector(model, classes)) or an "
+                        f"OnnxDetector, got {type(detector).__name__}")
+    if not math.isfinite(min_score):
+        raise UserError(f"detect_video: min_score must be a finite number, got {min_score}")
     if out_video is not None:
         out_video = _check_output(out_video, source, "video")
         if os.path.splitext(out_video)[1].lower() not in OUTPUT_CODECS:
