@@ -23,9 +23,18 @@ Example:
 (2, 7308, 21)
 """
 
+import numbers
+
 #: Columns before the class scores (the box offsets) and after them (prior box and variances).
 NUM_OFFSETS = 4
 NUM_PRIOR_COLUMNS = 8
+
+
+def check_num_classes(num_classes):
+    """Raise ``ValueError`` unless ``num_classes`` (the background included) is an integer >= 2."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+        raise ValueError(f"num_classes counts the background and one class at least: an integer >= 2, "
+                         f"got {num_classes!r}")
 
 
 def num_columns(num_classes):

@@ -10,7 +10,7 @@ import numbers
 import keras
 from keras import ops
 
-from .layout import num_columns, split_predictions, split_targets
+from .layout import check_num_classes, num_columns, split_predictions, split_targets
 
 
 def _descending_rank(x):
@@ -60,9 +60,7 @@ class MultiboxLoss:
                  per_image_mining=False):
         if background_label_id != 0:
             raise ValueError("Only 0 as background label id is supported.")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-            raise ValueError(f"num_classes counts the background and one class at least: an integer >= 2, "
-                             f"got {num_classes!r}")
+        check_num_classes(num_classes)
         for name, value in (("alpha", alpha), ("neg_pos_ratio", neg_pos_ratio),
                             ("negatives_for_hard", negatives_for_hard)):
             # A negative or NaN ratio fell back to negatives_for_hard without a word.

@@ -12,7 +12,7 @@ import os
 import numpy as np
 
 from .box_ops import batched_nms, box_area, iou
-from .layout import num_columns, split_predictions, split_targets
+from .layout import check_num_classes, num_columns, split_predictions, split_targets
 from .priors import PriorFileError, check_priors
 
 
@@ -94,9 +94,7 @@ class BBoxUtility:
 
     def __init__(self, num_classes, priors=None, overlap_threshold=0.5,
                  nms_thresh=0.45, top_k=400):
-        if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-            raise ValueError(f"num_classes counts the background and one class at least: an integer >= 2, "
-                             f"got {num_classes!r}")
+        check_num_classes(num_classes)
         if not 0.0 <= overlap_threshold <= 1.0:
             raise ValueError(f"overlap_threshold must be in [0, 1], got {overlap_threshold}")
         self.num_classes = num_classes

@@ -9,6 +9,7 @@ import numbers
 import keras
 from keras import layers
 
+from .layout import check_num_classes
 from .ssd_layers import DilatedConv2D, Normalize, PriorBox
 
 #: ``(source layer, min_size, max_size, aspect_ratios)`` of each prediction
@@ -106,8 +107,7 @@ def SSD300v2(input_shape, num_classes=21, kernel_initializer=None):
     if any(size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1)
            for size in input_shape[:2]):
         raise ValueError(f"input_shape's height and width must be positive integers, got {input_shape}.")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
-        raise ValueError(f"num_classes counts the background and must be an integer >= 2, got {num_classes!r}.")
+    check_num_classes(num_classes)
     img_size = (input_shape[1], input_shape[0])
     inputs = keras.Input(shape=input_shape, name="input_1")
 
