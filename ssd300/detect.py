@@ -9,6 +9,7 @@ from .image_io import keys_used_as_stored, open_rgb, preprocess_input, resize, r
 from .layout import num_classes_of, num_columns
 from .priors import priors_from_model
 from .ssd_utils import BBoxUtility, check_detection_options
+from .voc import check_classes
 
 
 class PictureDetector:
@@ -179,15 +180,14 @@ class Detector(PictureDetector):
         if not all(hasattr(model, name) for name in ("predict", "input_shape", "output_shape")):
             raise TypeError(f"Detector needs a Keras SSD model, got {type(model).__name__} (build one "
                             "with ssd300.SSD300 and load weights with ssd300.load_weights_by_name)")
-        if isinstance(classes, str):
-            raise TypeError(f"classes must be a list of names, got the string {classes!r}")
+        classes = check_classes(classes, "Detector classes")
         check_detection_options(keep_top_k, confidence_threshold)
         columns = model.output_shape[-1]
         if columns != num_columns(len(classes) + 1):
             raise UserError(f"Detector: {len(classes)} class names for a model that detects "
                             f"{num_classes_of(columns) - 1} classes + background")
         self.model = model
-        self.classes = tuple(classes)
+        self.classes = classes
         self.input_size = tuple(model.input_shape[1:3])
         self.bbox_util = BBoxUtility(len(self.classes) + 1, priors_from_model(model),
                                      nms_thresh=nms_thresh, top_k=top_k)

@@ -49,7 +49,7 @@ from .ssd_training import MultiboxLoss
 from .ssd_utils import BBoxUtility
 from .speed import fit_settings
 from .ssd_v2 import SSD300v2
-from .voc import annotation_sizes
+from .voc import annotation_sizes, check_classes
 from .weights import load_vgg16_weights, load_weights_by_name
 
 ORIGINAL_FROZEN = ("conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3")
@@ -163,9 +163,10 @@ class TrainConfig:
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
                                       or not 0 < value < math.inf):
                 raise UserError(f"{name.replace('_', '-')} must be a positive number, got {value!r}")
-        for name in ("freeze", "classes"):
-            if isinstance(getattr(self, name), str):  # one name, read letter by letter
-                raise UserError(f"{name} must be a list of names, got the string {getattr(self, name)!r}")
+        if isinstance(self.freeze, str):  # one name, read letter by letter
+            raise UserError(f"freeze must be a list of layer names, got the string {self.freeze!r}")
+        if self.classes is not None:
+            check_classes(self.classes, "classes")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**32:
             raise UserError(f"seed must be an integer in [0, 2**32), got {self.seed!r}")
         if not 0.0 <= self.val_fraction < 1.0:

@@ -107,8 +107,10 @@ def test_detector_checks_its_model_classes_and_options():
     assert Detector(model, ["a", "b", "c"]).bbox_util.num_classes == 4
     with pytest.raises(UserError, match=r"^Detector: 2 class names for a model that detects 3 classes \+ background$"):
         Detector(model, ["a", "b"])
-    with pytest.raises(TypeError, match=r"^classes must be a list of names, got the string 'abc'$"):
+    with pytest.raises(UserError, match=r"^Detector classes: a list of class names is needed, got the string 'abc'$"):
         Detector(model, "abc")
+    with pytest.raises(UserError, match=r"^Detector classes: class names repeated: 'a'$"):
+        Detector(model, ["a", "a", "c"])
     with pytest.raises(TypeError, match=r"^Detector needs a Keras SSD model, got str"):
         Detector("w.h5", ["a", "b", "c"])
     with pytest.raises(ValueError, match="keep_top_k must be a positive integer or None, got -1"):

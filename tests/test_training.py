@@ -530,8 +530,8 @@ def test_train_config_refuses_values_fit_would_misuse():
                (dict(clipnorm=-1.0), r"^clipnorm must be a positive number, got -1.0$"),  # had no effect
                (dict(time_limit=-5), r"^time-limit must be a positive number, got -5$"),  # trained on
                (dict(lr=float("inf")), r"^lr must be a positive number, got inf$"),
-               (dict(freeze="conv1_1"), r"^freeze must be a list of names, got the string 'conv1_1'$"),
-               (dict(classes="circle"), r"^classes must be a list of names, got the string 'circle'$")]
+               (dict(freeze="conv1_1"), r"^freeze must be a list of layer names, got the string 'conv1_1'$"),
+               (dict(classes="circle"), r"^classes: a list of class names is needed, got the string 'circle'$")]
     for options, message in refused:
         with pytest.raises(UserError, match=message):
             TrainConfig(**options)
