@@ -55,14 +55,14 @@ class PictureDetector:
             ValueError: a picture that is not uint8 pixels of one of those
                 shapes (named by its position), or one array instead of a list.
         """
+        if isinstance(images, np.ndarray) and images.ndim == 3:
+            raise ValueError(f"detect_arrays takes a list of pictures, got one array of shape {images.shape}")
         if not len(images):
             return []
         if sizes is None:
             sizes = [None] * len(images)
         if len(sizes) != len(images):
             raise ValueError(f"{len(images)} images but {len(sizes)} sizes")
-        if isinstance(images, np.ndarray) and images.ndim == 3:
-            raise ValueError(f"detect_arrays takes a list of pictures, got one array of shape {images.shape}")
         images = [rgb_array(image, f"image {i}") for i, image in enumerate(images)]
         batch = np.stack([resize(image, self.input_size) for image in images])
         found = self.detect_batch(batch)

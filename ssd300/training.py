@@ -410,8 +410,9 @@ def fit(config):
         remove_empty_folders(made)
         raise UserError(f"{config.out}: cannot write in the output folder ({e.strerror or e})") from None
     classes_file = _RevertibleFile(os.path.join(config.out, "classes.txt"))
+    fingerprint = data.fingerprint()
     state = {"epoch": 0, "classes": list(data.classes), "input_size": config.input_size,
-             "config": run_definition(config), "data": data.fingerprint()}
+             "config": run_definition(config), "data": fingerprint}
     start_epoch = 0
 
     def undo():  # no epoch of this run was saved: take back what it wrote
@@ -424,7 +425,7 @@ def fit(config):
         resume = read_resume_state(config, data) if config.resume else None
         if resume:
             state = resume[2]
-            state.setdefault("data", data.fingerprint())  # a checkpoint written before it was stored
+            state.setdefault("data", fingerprint)  # a checkpoint written before it was stored
             start_epoch = state["epoch"]
         result = _train(config, run, data, state, resume, classes_file)
     except BaseException:
