@@ -1,4 +1,4 @@
-"""Keras callbacks of the training run: checkpoints, NaN and time guards, a progress bar."""
+"""Keras callbacks of the training run: checkpoints, NaN, time and Ctrl-C guards, a progress bar."""
 
 import math
 import os
@@ -9,6 +9,7 @@ import numpy as np
 
 from .atomic import writing
 from .checkpoint import CHECKPOINT, save_checkpoint, write_log
+from .ctrl_c import ctrl_c_calls
 from .visualize import plot_history
 from .weights import save_weights_by_name
 
@@ -176,6 +177,61 @@ class TimeLimit(keras.callbacks.Callback):
             raise TimeLimitReached(f"time limit reached in epoch {self.state['cut']['epoch']}")
 
 
+class StopOnCtrlC(keras.callbacks.Callback):
+    """Ctrl-C stops training at the end of the step in progress; a second Ctrl-C stops it at once.
+
+    Python would raise ``KeyboardInterrupt`` wherever ``fit`` is when SIGINT
+    comes, which can be inside Keras's or TensorFlow's own code (an iterator
+    half made, a variable half assigned), and such a run has crashed on its
+    way out (SIGSEGV). Inside :meth:`installed`, the first Ctrl-C only asks;
+    this callback raises ``KeyboardInterrupt`` at the next boundary Keras
+    calls it at (a training or validation step's end, an epoch's end once
+    the callbacks before it have saved the epoch), and ``fit``'s caller
+    handles it as any Ctrl-C. Put it last among ``fit``'s callbacks. A second Ctrl-C raises at
+    once, for a step that hangs on its data.
+
+    Args:
+        agree: ``agree(flag) -> bool``, the decision every process of a
+            distributed run takes (``DataParallelRun.agree``: process 0's
+            Ctrl-C), so that all stop at the same step; ``None``: this
+            process's Ctrl-C.
+    """
+
+    def __init__(self, agree=None):
+        super().__init__()
+        self.agree = agree
+        self.requested = False
+
+    def installed(self):
+        """A context manager: Ctrl-C inside it is a request (see :func:`~ssd300.ctrl_c.ctrl_c_calls`)."""
+        return ctrl_c_calls(self.request)
+
+    def request(self):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        try:  # not print: the handler may run while the progress bar is mid-write
+            os.write(2, b"\nCtrl-C: stopping at the end of this step (press it again to stop at once)\n")
+        except OSError:
+            pass
+
+    def _stop_if_asked(self):
+        if self.agree(self.requested) if self.agree else self.requested:
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._stop_if_asked()
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._stop_if_asked()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # After the Checkpointer (this callback comes last): the epoch is saved. After the
+        # last epoch, the run is done.
+        if epoch + 1 < (self.params.get("epochs") or math.inf):
+            self._stop_if_asked()
+
+
 class ProgressBar(keras.callbacks.Callback):
     """One bar for the whole run (steps, rate, ETA) and a line per epoch.
 
@@ -222,6 +278,10 @@ class ProgressBar(keras.callbacks.Callback):
         cut = self.state.get("cut")
         if cut and not self.cut_reported:  # TimeLimitReached skipped the epoch's end
             self._write_cut(cut)
+        self.close()
+
+    def close(self):
+        """End the bar's line (again: a no-op)."""
         if self.bar is not None:
             self.bar.close()
 

@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 import keras
 
 from .atomic import atomic_path, missing_folders, remove_empty_folders
-from .callbacks import (Checkpointer, DataEpoch, ProgressBar, StopOnNaN, TimeLimit, TimeLimitReached,
-                        save_weights)
+from .callbacks import (Checkpointer, DataEpoch, ProgressBar, StopOnCtrlC, StopOnNaN, TimeLimit,
+                        TimeLimitReached, save_weights)
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries
 from .datasets import load_training_data
 from .distribute import DEFAULT_TIMEOUT, DISTRIBUTIONS, scope
@@ -377,6 +377,8 @@ def make_callbacks(config, state, initial_epoch, train_data, run=None):
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.out, "tensorboard")))
     if chief:
         callbacks.append(ProgressBar(initial_epoch, bar=config.progress, state=state))
+    # Last: the step that ends on a Ctrl-C is counted and shown first.
+    callbacks.append(StopOnCtrlC(agree=run.agree if run else None))
     return callbacks
 
 
@@ -539,12 +541,14 @@ def _train(config, run, data, state, resume, classes_file):
             return _result("up_to_date", state, data.classes,
                            f"already trained {start_epoch} of {config.epochs} epochs")
         callbacks = make_callbacks(config, state, start_epoch, train_data, run)
+        ctrl_c = next(c for c in callbacks if isinstance(c, StopOnCtrlC))
         try:
             # shuffle=False: SSDDataset shuffles by (seed, epoch); Keras would reorder the
             # batches with Python's global random state, which a resumed run cannot restore.
             # The dataset limits the steps per epoch itself (see SSDDataset).
-            model.fit(train_data, validation_data=val_data, epochs=config.epochs, initial_epoch=start_epoch,
-                      shuffle=False, callbacks=callbacks, verbose=0)
+            with ctrl_c.installed():  # Ctrl-C stops at a step's end, not inside Keras
+                model.fit(train_data, validation_data=val_data, epochs=config.epochs,
+                          initial_epoch=start_epoch, shuffle=False, callbacks=callbacks, verbose=0)
         except TimeLimitReached:  # the cut epoch's validation, skipped: state["cut"] says the rest
             for callback in callbacks:
                 callback.on_train_end()
@@ -557,6 +561,9 @@ def _train(config, run, data, state, resume, classes_file):
             if run is None or run.num_processes == 1 or isinstance(e, UserError):
                 raise
             raise run.failure(e) from e
+        finally:  # Keras skips on_train_end when fit raises: the bar ends its line before any message
+            for bar in (c for c in callbacks if isinstance(c, ProgressBar)):
+                bar.close()
     if state.get("nan"):
         good = (f"the weights of epoch {state['epoch']} are in {os.path.join(config.out, 'last.h5')}"
                 if state["epoch"] else "no epoch had finished")

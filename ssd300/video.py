@@ -30,7 +30,6 @@ import json
 import math
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ import time
 import numpy as np
 
 from .atomic import atomic_path, missing_folders, remove_empty_folders, writing
+from .ctrl_c import ctrl_c_calls
 from .errors import UserError
 
 #: The extra that installs OpenCV, named in the errors.
@@ -423,30 +423,20 @@ def _even(cv2, bgr):
     return bgr
 
 
-@contextlib.contextmanager
 def _ctrl_c_stops(stop, result):
     """Inside the block, Ctrl-C sets ``stop`` and ``result.interrupted = "ctrl-c"`` instead of raising.
 
     No frame is then half-written (its video frame without its JSON line),
     and a second Ctrl-C cannot break the cleanup (the threads' join, the
-    checks and renames of the outputs). Only in the main thread with
-    Python's own SIGINT handler in place; elsewhere a ``KeyboardInterrupt``
-    is caught where it lands.
+    checks and renames of the outputs). Where :func:`~ssd300.ctrl_c.ctrl_c_calls`
+    cannot take over SIGINT, a ``KeyboardInterrupt`` is caught where it lands.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
 
-    def handler(signum, frame):
+    def handler():
         result.interrupted = "ctrl-c"
         stop.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return ctrl_c_calls(handler)
 
 
 def _get(q, stop):

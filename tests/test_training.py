@@ -93,23 +93,30 @@ def test_nan_loss_stops_with_message(dataset, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint(dataset, tmp_path):
-    """A real SIGINT after epoch 1: exit 130, the checkpoint of the last whole epoch (>= 1) is kept."""
+    """A real SIGINT after epoch 1: training stops at a step's end (StopOnCtrlC), exit 130, the
+    checkpoint of the last whole epoch (>= 1) is kept."""
     import re
     import signal
     import time
 
     out = tmp_path / "interrupted"
+    # faulthandler: a crash on the way out (once seen in CI, before StopOnCtrlC) shows its stack.
     proc = subprocess.Popen([sys.executable, "ssd_training.py", *run_args(dataset, out, "--epochs", "50")],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     deadline = time.monotonic() + 300
     seen = ""
     while "epoch 1/" not in seen and time.monotonic() < deadline and proc.poll() is None:
         seen += proc.stdout.readline()
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    kept = re.search(r"interrupted in epoch (\d+): checkpoint of epoch (\d+) kept, --resume continues exactly", err)
-    after = re.search(r"interrupted after epoch (\d+): its checkpoint is saved, --resume continues", err)
+    assert proc.returncode == 130, err[-4000:]
+    assert "Ctrl-C: stopping at the end of this step (press it again to stop at once)" in err
+    assert "Traceback" not in err
+    # (?m)^: on a line of its own, not after the progress bar's
+    kept = re.search(r"(?m)^interrupted in epoch (\d+): checkpoint of epoch (\d+) kept, --resume continues exactly",
+                     err)
+    after = re.search(r"(?m)^interrupted after epoch (\d+): its checkpoint is saved, --resume continues", err)
     assert kept or after, err[-2000:]
     epoch = int(kept.group(2)) if kept else int(after.group(1))
     assert epoch >= 1
@@ -576,7 +583,7 @@ def test_a_failing_write_is_a_user_error_naming_the_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_checkpoint_is_written_before_last_h5(dataset, tmp_path, monkeypatch):
+def test_checkpoint_is_written_before_last_h5(dataset, tmp_path, monkeypatch, capsys):
     """A failing last.h5 (disk full) leaves the checkpoint and log of the epoch before, never behind last.h5."""
     import errno
 
@@ -594,8 +601,11 @@ def test_checkpoint_is_written_before_last_h5(dataset, tmp_path, monkeypatch):
         save(model, path)
 
     monkeypatch.setattr(callbacks, "save_weights_by_name", full)
+    capsys.readouterr()
     with pytest.raises(UserError, match=f"{out / 'last.h5'}: cannot write \\(No space left on device\\)"):
-        fit(small_config(dataset, out, epochs=2, steps_per_epoch=1, resume=True))
+        fit(small_config(dataset, out, epochs=2, steps_per_epoch=1, resume=True, progress=True))
+    bar = capsys.readouterr().err
+    assert "training:" in bar and bar.endswith("\n")  # the bar's line is ended before the caller's message
     assert load_checkpoint(out / "checkpoint.npz")[2]["epoch"] == 2  # committed before last.h5
     with open(out / "log.csv") as f:
         assert len(list(csv.DictReader(f))) == 2  # the log follows the checkpoint
