@@ -14,7 +14,6 @@ import functools
 import glob
 import math
 import multiprocessing
-import numbers
 import os
 import tempfile
 import warnings
@@ -23,6 +22,7 @@ import numpy as np
 
 from .atomic import process_running
 from .augment import Augmentation, OriginalAugmentation, PaperAugmentation
+from .checks import is_integer
 from .errors import UserError
 from .image_io import (ImageError, keys_used_as_stored, open_rgb, planes, preprocess_input, read_header,
                        resize_pil, write_planes)
@@ -334,7 +334,7 @@ def check_loader_arguments(gt, batch_size, parts):
             a mapping, keys given as one string, or keys without ground
             truth (up to three named).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_integer(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if not isinstance(gt, collections.abc.Mapping):
         raise ValueError(f"gt must map image keys to boxes (as XML_preprocessor(...).data), "

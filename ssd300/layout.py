@@ -23,7 +23,7 @@ Example:
 (2, 7308, 21)
 """
 
-import numbers
+from .checks import is_integer
 
 #: Columns before the class scores (the box offsets) and after them (prior box and variances).
 NUM_OFFSETS = 4
@@ -32,7 +32,7 @@ NUM_PRIOR_COLUMNS = 8
 
 def check_num_classes(num_classes):
     """Raise ``ValueError`` unless ``num_classes`` (the background included) is an integer >= 2."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 2:
+    if not is_integer(num_classes) or num_classes < 2:
         raise ValueError(f"num_classes counts the background and one class at least: an integer >= 2, "
                          f"got {num_classes!r}")
 

@@ -5,11 +5,11 @@ so hard-negative mining selects by rank instead of a data-sized ``top_k``.
 """
 
 import math
-import numbers
 
 import keras
 from keras import ops
 
+from .checks import is_number
 from .layout import check_num_classes, num_columns, split_predictions, split_targets
 
 
@@ -64,7 +64,7 @@ class MultiboxLoss:
         for name, value in (("alpha", alpha), ("neg_pos_ratio", neg_pos_ratio),
                             ("negatives_for_hard", negatives_for_hard)):
             # A negative or NaN ratio fell back to negatives_for_hard without a word.
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value < math.inf:
+            if not is_number(value) or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         self.num_classes = num_classes
         self.alpha = alpha

@@ -6,12 +6,12 @@ followed by its four variances.
 """
 
 import math
-import numbers
 import os
 
 import numpy as np
 
 from .box_ops import batched_nms, box_area, iou
+from .checks import is_integer, is_number
 from .layout import check_num_classes, num_columns, split_predictions, split_targets
 from .priors import PriorFileError, check_priors
 
@@ -68,11 +68,9 @@ def check_detection_options(keep_top_k, confidence_threshold):
             (-1 dropped the last detection), or ``confidence_threshold`` is
             not a finite number (NaN kept nothing).
     """
-    if keep_top_k is not None and (isinstance(keep_top_k, bool) or not isinstance(keep_top_k, numbers.Integral)
-                                   or keep_top_k < 1):
+    if keep_top_k is not None and (not is_integer(keep_top_k) or keep_top_k < 1):
         raise ValueError(f"keep_top_k must be a positive integer or None, got {keep_top_k!r}")
-    if isinstance(confidence_threshold, bool) or not isinstance(confidence_threshold, numbers.Real) \
-            or not math.isfinite(confidence_threshold):
+    if not is_number(confidence_threshold) or not math.isfinite(confidence_threshold):
         raise ValueError(f"confidence_threshold must be a finite number, got {confidence_threshold!r}")
 
 

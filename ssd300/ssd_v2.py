@@ -4,11 +4,11 @@ Layer names are those of rykov8/ssd_keras and wikke/SSD_Keras, so their
 Keras 2 HDF5 weight files load by layer name (see :mod:`ssd300.weights`).
 """
 
-import numbers
 
 import keras
 from keras import layers
 
+from .checks import is_integer
 from .layout import check_num_classes
 from .ssd_layers import DilatedConv2D, Normalize, PriorBox
 
@@ -104,7 +104,7 @@ def SSD300v2(input_shape, num_classes=21, kernel_initializer=None):
     if len(input_shape) != 3 or input_shape[-1] != 3:
         raise ValueError(
             f"input_shape must be (height, width, 3), got {input_shape}.")
-    if any(size is not None and (isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1)
+    if any(size is not None and (not is_integer(size) or size < 1)
            for size in input_shape[:2]):
         raise ValueError(f"input_shape's height and width must be positive integers, got {input_shape}.")
     check_num_classes(num_classes)

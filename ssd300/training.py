@@ -27,7 +27,6 @@ Example:
 
 import dataclasses
 import math
-import numbers
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ from .atomic import atomic_path, missing_folders, remove_empty_folders
 from .callbacks import (Checkpointer, DataEpoch, ProgressBar, StopOnCtrlC, StopOnNaN, TimeLimit,
                         TimeLimitReached, save_weights)
 from .checkpoint import CHECKPOINT, load_checkpoint, remove_stale_temporaries
+from .checks import is_integer, is_number
 from .datasets import load_training_data
 from .distribute import DEFAULT_TIMEOUT, DISTRIBUTIONS, scope
 from .distribute import start as start_distribution
@@ -153,15 +153,13 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "input_size", "workers", "steps_per_epoch"):
             value = getattr(self, name)
             # A float was truncated (batch 2.5 ran as 2) or failed deep inside Keras (epochs 1.5).
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-                                      or value < 1):
+            if value is not None and (not is_integer(value) or value < 1):
                 raise UserError(f"{name.replace('_', '-')} must be a positive integer, got {value!r}")
         if self.input_size < 32:
             raise UserError(f"input-size must be at least 32 (SSD300's five poolings), got {self.input_size}")
         for name in ("neg_pos_ratio", "clipnorm", "time_limit"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)
-                                      or not 0 < value < math.inf):
+            if value is not None and (not is_number(value) or not 0 < value < math.inf):
                 raise UserError(f"{name.replace('_', '-')} must be a positive number, got {value!r}")
         if isinstance(self.freeze, str):  # one name, read letter by letter
             raise UserError(f"freeze must be a list of layer names, got the string {self.freeze!r}")
