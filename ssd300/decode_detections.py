@@ -43,7 +43,9 @@ import keras
 import numpy as np
 from keras import ops
 
+from .checks import is_integer
 from .layout import num_classes_of, split_predictions
+from .ssd_utils import check_detection_options
 
 # Flat int32 indices must stay below this.
 _BIG = 2**31 - 1
@@ -178,14 +180,13 @@ class DecodeDetections(keras.layers.Layer):
         # float32 whatever the global policy: scores and IoUs compared exactly.
         kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
-        if not 0.0 <= nms_thresh <= 1.0:
-            raise ValueError(f"nms_thresh must be in [0, 1], got {nms_thresh}")
-        for name, value in (("top_k", top_k), ("keep_top_k", keep_top_k),
-                            ("max_candidates", max_candidates)):
-            if int(value) != value or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        if not np.isfinite(confidence_threshold):
-            raise ValueError(f"confidence_threshold must be a finite number, got {confidence_threshold}")
+        if keep_top_k is None:  # detection_out's "all": the output here has keep_top_k rows
+            raise ValueError("keep_top_k must be a positive integer, got None")
+        check_detection_options(nms_thresh=nms_thresh, top_k=top_k, keep_top_k=keep_top_k,
+                                confidence_threshold=confidence_threshold,
+                                background_label_id=background_label_id)
+        if not is_integer(max_candidates) or max_candidates < 1:
+            raise ValueError(f"max_candidates must be a positive integer, got {max_candidates!r}")
         self.confidence_threshold = float(confidence_threshold)
         self.nms_thresh = float(nms_thresh)
         self.top_k = int(top_k)

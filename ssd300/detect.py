@@ -181,7 +181,7 @@ class Detector(PictureDetector):
             raise TypeError(f"Detector needs a Keras SSD model, got {type(model).__name__} (build one "
                             "with ssd300.SSD300 and load weights with ssd300.load_weights_by_name)")
         classes = check_classes(classes, "Detector classes")
-        check_detection_options(keep_top_k, confidence_threshold)
+        check_detection_options(keep_top_k=keep_top_k, confidence_threshold=confidence_threshold)
         columns = model.output_shape[-1]
         if columns != num_columns(len(classes) + 1):
             raise UserError(f"Detector: {len(classes)} class names for a model that detects "

@@ -60,18 +60,35 @@ def decode_boxes(mbox_loc, mbox_priorbox, variances):
     return np.clip(boxes, 0.0, 1.0)
 
 
-def check_detection_options(keep_top_k, confidence_threshold):
-    """Refuse :meth:`BBoxUtility.detection_out` options that would quietly change its result.
+def check_detection_options(*, nms_thresh=0.45, top_k=400, keep_top_k=200, confidence_threshold=0.01,
+                            background_label_id=0):
+    """Refuse detection settings that would fail deep inside, or quietly change the detections.
+
+    The one home of these rules, for :class:`BBoxUtility` (``detection_out``),
+    :class:`~ssd300.decode_detections.DecodeDetections` and
+    :class:`~ssd300.detect.Detector`; pass the settings to check, the others
+    default to valid values.
+
+    Args:
+        nms_thresh: a number in ``[0, 1]``.
+        top_k, keep_top_k: positive integers (``keep_top_k=None``: all).
+        confidence_threshold: a finite number.
+        background_label_id: an integer or ``None`` (a float was truncated).
 
     Raises:
-        ValueError: ``keep_top_k`` is not a positive integer or ``None``
-            (-1 dropped the last detection), or ``confidence_threshold`` is
-            not a finite number (NaN kept nothing).
+        ValueError: naming the setting and the value (``keep_top_k=-1``
+            dropped the last detection, a NaN threshold kept nothing).
     """
+    if not is_number(nms_thresh) or not 0.0 <= nms_thresh <= 1.0:
+        raise ValueError(f"nms_thresh must be in [0, 1], got {nms_thresh!r}")
+    if not is_integer(top_k) or top_k < 1:
+        raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if keep_top_k is not None and (not is_integer(keep_top_k) or keep_top_k < 1):
         raise ValueError(f"keep_top_k must be a positive integer or None, got {keep_top_k!r}")
     if not is_number(confidence_threshold) or not math.isfinite(confidence_threshold):
         raise ValueError(f"confidence_threshold must be a finite number, got {confidence_threshold!r}")
+    if background_label_id is not None and not is_integer(background_label_id):
+        raise ValueError(f"background_label_id must be an integer or None, got {background_label_id!r}")
 
 
 class BBoxUtility:
@@ -127,8 +144,7 @@ class BBoxUtility:
 
     @nms_thresh.setter
     def nms_thresh(self, value):
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(f"nms_thresh must be in [0, 1], got {value}")
+        check_detection_options(nms_thresh=value)
         self._nms_thresh = float(value)
 
     @property
@@ -138,8 +154,7 @@ class BBoxUtility:
 
     @top_k.setter
     def top_k(self, value):
-        if int(value) != value or value < 1:
-            raise ValueError(f"top_k must be a positive integer, got {value}")
+        check_detection_options(top_k=value)
         self._top_k = int(value)
 
     def iou(self, box):
@@ -252,7 +267,8 @@ class BBoxUtility:
         Args:
             predictions: ``(batch, num_priors, 4 + num_classes + 8)``, the
                 model's output.
-            background_label_id: the class to skip.
+            background_label_id: the class to skip (``None``, or a label
+                out of range: none).
             keep_top_k: detections kept per image after NMS (``None``: all).
             confidence_threshold: a class score must exceed this to be
                 considered.
@@ -262,7 +278,8 @@ class BBoxUtility:
             ``[label, confidence, xmin, ymin, xmax, ymax]`` by decreasing
             confidence; ``(0, 6)`` when nothing is detected.
         """
-        check_detection_options(keep_top_k, confidence_threshold)
+        check_detection_options(keep_top_k=keep_top_k, confidence_threshold=confidence_threshold,
+                                background_label_id=background_label_id)
         predictions = np.asarray(predictions)
         if predictions.ndim != 3 or predictions.shape[-1] != num_columns(self.num_classes):
             raise ValueError(
@@ -271,7 +288,7 @@ class BBoxUtility:
         conf = split_predictions(predictions)[1]
         batch, num_priors, num_classes = conf.shape
         candidates = conf > confidence_threshold
-        if 0 <= background_label_id < num_classes:
+        if background_label_id is not None and 0 <= background_label_id < num_classes:
             candidates[..., background_label_id] = False
         # flatnonzero on the flat mask is much faster than nonzero on 3 axes.
         row, label = np.divmod(np.flatnonzero(candidates), num_classes)

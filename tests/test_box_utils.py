@@ -259,6 +259,20 @@ def test_detection_out_refuses_options_that_change_its_result_quietly(priors, rn
         with pytest.raises(ValueError, match="^confidence_threshold must be a finite number"):
             util.detection_out(preds, confidence_threshold=threshold)
     assert len(util.detection_out(preds, keep_top_k=np.int64(2), confidence_threshold=np.float32(0.01))[0]) == 2
+    for background in (1.5, "0", True):  # 1.5 was truncated to class 1
+        with pytest.raises(ValueError, match=rf"^background_label_id must be an integer or None, got "
+                                             rf"{re.escape(repr(background))}$"):
+            util.detection_out(preds, background_label_id=background)
+    # None, like a label out of range: no class is skipped, so class 0 is detected too.
+    everything = util.detection_out(preds, background_label_id=None, keep_top_k=None)[0]
+    np.testing.assert_array_equal(everything, util.detection_out(preds, background_label_id=-1, keep_top_k=None)[0])
+    assert 0 in everything[:, 0] and 0 not in every[:, 0]
+    for name, value, message in [("nms_thresh", 1.5, r"nms_thresh must be in \[0, 1\], got 1.5"),
+                                 ("nms_thresh", float("nan"), r"nms_thresh must be in \[0, 1\], got nan"),
+                                 ("top_k", 0, "top_k must be a positive integer, got 0"),
+                                 ("top_k", 400.5, "top_k must be a positive integer, got 400.5")]:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            BBoxUtility(NUM_CLASSES, priors, **{name: value})
 
 
 def test_bbox_utility_refuses_what_it_would_misuse(priors):

@@ -265,8 +265,14 @@ def test_config_round_trip_and_validation():
         DecodeDetections(nms_thresh=1.5)
     with pytest.raises(ValueError, match="top_k"):
         DecodeDetections(top_k=0)
-    with pytest.raises(ValueError, match="keep_top_k"):
-        DecodeDetections(keep_top_k=2.5)
+    # The rules of BBoxUtility.detection_out (ssd_utils.check_detection_options), except keep_top_k=None.
+    for kwargs, message in [({"keep_top_k": 2.5}, "keep_top_k must be a positive integer or None, got 2.5"),
+                            ({"keep_top_k": None}, "keep_top_k must be a positive integer, got None"),
+                            ({"background_label_id": 1.5}, "background_label_id must be an integer or None, got 1.5"),
+                            ({"confidence_threshold": float("nan")}, "confidence_threshold must be a finite number"),
+                            ({"max_candidates": 0}, "max_candidates must be a positive integer, got 0")]:
+        with pytest.raises(ValueError, match=f"^{message}"):
+            DecodeDetections(**kwargs)
     with pytest.raises(ValueError, match=r"\(batch, num_priors"):
         DecodeDetections()(keras.Input((10, 4, 17)))
     with pytest.raises(ValueError, match="too short"):
