@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image
 
 from .box_ops import pairwise_iou
+from .checks import check_non_negative, check_probability, image_size_hw, is_integer, is_number
 from .image_io import as_pil, hsv_to_rgb, planes, resize_pil, rgb_to_hsv, write_planes
 
 GRAY_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -436,6 +437,15 @@ class Augmentation:
     """
 
 
+def _check_range(name, value, upper=math.inf):
+    """Raise unless ``value`` is ``(low, high)``, finite, with ``0 < low <= high <= upper``."""
+    pair = tuple(value) if isinstance(value, (tuple, list)) else ()
+    if (len(pair) != 2 or not all(is_number(v) for v in pair)
+            or not 0 < pair[0] <= pair[1] <= upper or pair[1] == math.inf):
+        bound = "" if upper == math.inf else f" <= {upper:g}"
+        raise ValueError(f"{name} must be (low, high) with 0 < low <= high{bound}, got {value!r}")
+
+
 class OriginalAugmentation(Augmentation):
     """The originals' training augmentation (wikke/SSD_Keras ``Generator``).
 
@@ -459,7 +469,15 @@ class OriginalAugmentation(Augmentation):
     def __init__(self, image_size=(300, 300), saturation_var=0.5, brightness_var=0.5,
                  contrast_var=0.5, lighting_std=0.5, hflip_prob=0.5, vflip_prob=0.5,
                  do_crop=True, crop_area_range=(0.75, 1.0), aspect_ratio_range=(3. / 4., 4. / 3.)):
-        self.image_size = tuple(image_size)
+        # A NaN, negative or reversed setting failed deep inside a batch, or drew nonsense.
+        for name, value in (("saturation_var", saturation_var), ("brightness_var", brightness_var),
+                            ("contrast_var", contrast_var), ("lighting_std", lighting_std)):
+            check_non_negative(name, value)
+        check_probability("hflip_prob", hflip_prob)
+        check_probability("vflip_prob", vflip_prob)
+        _check_range("crop_area_range", crop_area_range, upper=1.0)
+        _check_range("aspect_ratio_range", aspect_ratio_range)
+        self.image_size = image_size_hw(image_size)
         self.saturation_var = saturation_var
         self.brightness_var = brightness_var
         self.contrast_var = contrast_var
@@ -551,7 +569,13 @@ class PaperAugmentation(Augmentation):
 
     def __init__(self, image_size=(300, 300), expand_prob=0.5, max_expand=4.0, hflip_prob=0.5,
                  photometric=True, max_trials=50):
-        self.image_size = tuple(image_size)
+        check_probability("expand_prob", expand_prob)
+        check_probability("hflip_prob", hflip_prob)
+        if not is_number(max_expand) or not 1 <= max_expand < math.inf:  # NaN turned zoom-out off
+            raise ValueError(f"max_expand must be a finite number >= 1, got {max_expand!r}")
+        if not is_integer(max_trials) or max_trials < 1:
+            raise ValueError(f"max_trials must be a positive integer, got {max_trials!r}")
+        self.image_size = image_size_hw(image_size)
         self.expand_prob = expand_prob
         self.max_expand = max_expand
         self.hflip_prob = hflip_prob

@@ -1,5 +1,9 @@
-"""The type predicates the argument checks share: what counts as an integer or a number here."""
+"""The argument rules several modules share: what counts as an integer, a number, a size.
 
+Each raises ``ValueError`` naming the argument and the value it got.
+"""
+
+import math
 import numbers
 
 
@@ -21,3 +25,42 @@ def is_number(value):
         (True, True, False, False)
     """
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_non_negative(name, value):
+    """Raise unless ``value`` is a finite number >= 0 (a negative or NaN one is no setting at all)."""
+    if not is_number(value) or not 0 <= value < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+
+
+def check_probability(name, value):
+    """Raise unless ``value`` is a number in ``[0, 1]``."""
+    if not is_number(value) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+
+
+def image_size_hw(image_size):
+    """``(height, width)`` of an ``image_size``, checked: two positive integers.
+
+    Args:
+        image_size: ``(height, width)`` or ``(height, width, channels)``
+            (a model's input shape), any sequence.
+
+    Returns:
+        ``(height, width)``, Python ints.
+
+    Example:
+        >>> image_size_hw((300, 300, 3))
+        (300, 300)
+    """
+    size = () if isinstance(image_size, (str, bytes)) else tuple(_sequence(image_size))
+    if len(size) not in (2, 3) or not all(is_integer(v) and v > 0 for v in size[:2]):
+        raise ValueError(f"image_size must be (height, width), two positive integers, got {image_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _sequence(value):
+    try:
+        return list(value)
+    except TypeError:  # a number, None
+        return []

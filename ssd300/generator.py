@@ -22,7 +22,7 @@ import numpy as np
 
 from .atomic import process_running
 from .augment import Augmentation, OriginalAugmentation, PaperAugmentation
-from .checks import is_integer
+from .checks import image_size_hw, is_integer
 from .errors import UserError
 from .image_io import (ImageError, keys_used_as_stored, open_rgb, planes, preprocess_input, read_header,
                        resize_pil, write_planes)
@@ -62,7 +62,7 @@ class SamplePipeline:
         if self.path_prefix and not self.path_prefix.endswith(("/", os.sep)) \
                 and os.path.isdir(self.path_prefix):
             self.path_prefix += os.sep
-        self.image_size = tuple(image_size)[:2]
+        self.image_size = image_size_hw(image_size)
         if augment == "original":
             augment = OriginalAugmentation(self.image_size, **augment_options)
         elif augment == "paper":

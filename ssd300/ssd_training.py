@@ -4,12 +4,10 @@ Runs on every Keras backend and under XLA/``jit``: every shape is static,
 so hard-negative mining selects by rank instead of a data-sized ``top_k``.
 """
 
-import math
-
 import keras
 from keras import ops
 
-from .checks import is_number
+from .checks import check_non_negative
 from .layout import check_num_classes, num_columns, split_predictions, split_targets
 
 
@@ -64,8 +62,7 @@ class MultiboxLoss:
         for name, value in (("alpha", alpha), ("neg_pos_ratio", neg_pos_ratio),
                             ("negatives_for_hard", negatives_for_hard)):
             # A negative or NaN ratio fell back to negatives_for_hard without a word.
-            if not is_number(value) or not 0 <= value < math.inf:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+            check_non_negative(name, value)
         self.num_classes = num_classes
         self.alpha = alpha
         self.neg_pos_ratio = neg_pos_ratio

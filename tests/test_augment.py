@@ -384,3 +384,38 @@ def test_zoomed_out_photo_canvases_resize_to_pillows_bytes(monkeypatch, order_kn
             assert got.tobytes() == expected.tobytes(), ((canvas_w, canvas_h), window)
             columns_first += bool(augment._columns_first(window[2:], (300, 300)))
     assert (columns_first > 0) == (order == "shrink" and order_known)
+
+
+@pytest.mark.parametrize("policy, options, message", [
+    (OriginalAugmentation, {"saturation_var": float("nan")}, r"saturation_var must be a finite number >= 0, got nan"),
+    (OriginalAugmentation, {"lighting_std": -0.5}, r"lighting_std must be a finite number >= 0, got -0.5"),
+    (OriginalAugmentation, {"vflip_prob": 1.5}, r"vflip_prob must be a probability in \[0, 1\], got 1.5"),
+    # a reversed, empty or negative range drew NaN sizes (a ValueError in the middle of a batch)
+    (OriginalAugmentation, {"crop_area_range": (1.0, 0.75)}, r"crop_area_range must be \(low, high\) with "
+                                                              r"0 < low <= high <= 1, got \(1.0, 0.75\)"),
+    (OriginalAugmentation, {"crop_area_range": (0.0, 1.0)}, r"crop_area_range must be"),
+    (OriginalAugmentation, {"aspect_ratio_range": (-1, 2)}, r"aspect_ratio_range must be \(low, high\) with "
+                                                            r"0 < low <= high, got \(-1, 2\)"),
+    (OriginalAugmentation, {"aspect_ratio_range": 1.0}, r"aspect_ratio_range must be"),
+    (OriginalAugmentation, {"image_size": (0, 300)}, r"image_size must be \(height, width\)"),
+    (PaperAugmentation, {"expand_prob": -0.1}, r"expand_prob must be a probability in \[0, 1\], got -0.1"),
+    (PaperAugmentation, {"max_expand": float("nan")}, r"max_expand must be a finite number >= 1, got nan"),
+    (PaperAugmentation, {"max_expand": 0.5}, r"max_expand must be a finite number >= 1, got 0.5"),
+    (PaperAugmentation, {"max_trials": 2.5}, r"max_trials must be a positive integer, got 2.5"),
+    (PaperAugmentation, {"image_size": "300"}, r"image_size must be \(height, width\)"),
+])
+def test_policies_refuse_settings_that_fail_in_a_batch_or_draw_nonsense(policy, options, message):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        policy(**options)
+
+
+def test_edge_settings_still_accepted():
+    """Zero variances and probabilities turn steps off; a whole-image crop range and max_expand 1 are valid."""
+    policy = OriginalAugmentation((32, 32, 3), saturation_var=0, hflip_prob=0, vflip_prob=1,
+                                  crop_area_range=(1, 1), aspect_ratio_range=[1, 1])
+    assert policy.image_size == (32, 32)
+    boxes = np.array([[0.1, 0.2, 0.5, 0.6, 1.0]])
+    image = np.zeros((40, 40, 3), np.uint8)
+    _, out = policy(image, boxes, np.random.default_rng(0))
+    np.testing.assert_allclose(out[:, :4], [[0.1, 0.4, 0.5, 0.8]])  # the whole image, flipped vertically
+    assert PaperAugmentation(max_expand=1, max_trials=np.int32(1)).max_expand == 1

@@ -67,6 +67,13 @@ def test_loaders_refuse_what_would_fail_or_hang_at_the_first_batch(synth, util):
         Generator(prep.data, util, 4, images, keys[0], keys[8:], (64, 64))
     with pytest.raises(ValueError, match=r"^gt must map image keys to boxes .*got XML_preprocessor$"):
         Generator(prep, util, 4, images, keys[:8], keys[8:], (64, 64))
+    for size in ((0, 0), (64,), 64, (64.0, 64.0)):  # (0, 0) failed in the first batch's resize
+        for augment in ("original", "paper", None):
+            with pytest.raises(ValueError, match=r"^image_size must be \(height, width\), two positive integers"):
+                SSDDataset(prep.data, util, images, keys, size, augment=augment)
+    with pytest.raises(ValueError, match=r"^hflip_prob must be a probability in \[0, 1\], got 2$"):
+        Generator(prep.data, util, 4, images, keys[:8], keys[8:], (64, 64), hflip_prob=2)
+    assert SSDDataset(prep.data, util, images, keys, (64, 48, 3)).pipeline.image_size == (64, 48)
 
 
 def test_targets_equal_assign_boxes_of_transformed_boxes(synth, util):
