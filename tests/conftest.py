@@ -53,6 +53,22 @@ def cli_exported_onnx(tmp_path_factory):
 
 
 @pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler during the test, then the one before.
+
+    A job a shell starts in the background (``cmd &``) begins with SIGINT
+    ignored, and so do the processes it starts: Ctrl-C tests need the
+    handler a terminal's Python has (a caught signal is reset to the
+    default in a child, which then installs Python's handler too).
+    """
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture
 def rng():
     return np.random.default_rng(0)
 

@@ -10,7 +10,8 @@ import pytest
 
 from ssd300.ctrl_c import ctrl_c_calls
 
-pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to itself (POSIX)")
+pytestmark = [pytest.mark.skipif(sys.platform == "win32", reason="sends SIGINT to itself (POSIX)"),
+              pytest.mark.usefixtures("python_sigint")]
 
 
 def test_sigint_calls_the_handler_inside_the_block_only():

@@ -92,7 +92,7 @@ def test_nan_loss_stops_with_message(dataset, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_a_checkpoint(dataset, tmp_path):
+def test_ctrl_c_saves_a_checkpoint(dataset, tmp_path, python_sigint):
     """A real SIGINT after epoch 1: training stops at a step's end (StopOnCtrlC), exit 130, the
     checkpoint of the last whole epoch (>= 1) is kept."""
     import re

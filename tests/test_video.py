@@ -490,7 +490,7 @@ needs_sigint = pytest.mark.skipif(not hasattr(signal, "pthread_kill") or sys.pla
 
 
 @needs_sigint
-def test_interrupted_says_ctrl_c_or_key(clip, tmp_path, monkeypatch):
+def test_interrupted_says_ctrl_c_or_key(clip, tmp_path, monkeypatch, python_sigint):
     """Ctrl-C (SIGINT, or a KeyboardInterrupt where no handler could be set) gives "ctrl-c";
     the window's q gives "key" (test_show_uses_the_window_and_q_stops)."""
 
@@ -515,7 +515,7 @@ def test_interrupted_says_ctrl_c_or_key(clip, tmp_path, monkeypatch):
 
 
 @needs_sigint
-def test_ctrl_c_keeps_the_video_and_the_json_lines_in_step(clip, tmp_path, monkeypatch):
+def test_ctrl_c_keeps_the_video_and_the_json_lines_in_step(clip, tmp_path, monkeypatch, python_sigint):
     """Each JSON line is written after its video frame: Ctrl-C while a frame is written leaves as many
     lines as frames."""
 
@@ -532,7 +532,7 @@ def test_ctrl_c_keeps_the_video_and_the_json_lines_in_step(clip, tmp_path, monke
 
 
 @needs_sigint
-def test_a_second_ctrl_c_while_the_threads_finish(clip, tmp_path):
+def test_a_second_ctrl_c_while_the_threads_finish(clip, tmp_path, python_sigint):
     """Ctrl-C while the model works on a batch, then again while detect_video waits for it: the outputs
     the first one kept are written, no thread is left running."""
 
