@@ -187,8 +187,8 @@ class StopOnCtrlC(keras.callbacks.Callback):
     this callback raises ``KeyboardInterrupt`` at the next boundary Keras
     calls it at (a training or validation step's end, an epoch's end once
     the callbacks before it have saved the epoch), and ``fit``'s caller
-    handles it as any Ctrl-C. Put it last among ``fit``'s callbacks. A second Ctrl-C raises at
-    once, for a step that hangs on its data.
+    handles it as any Ctrl-C. Put it last among ``fit``'s callbacks. A
+    second Ctrl-C raises at once, for a step that hangs on its data.
 
     Args:
         agree: ``agree(flag) -> bool``, the decision every process of a
@@ -207,6 +207,7 @@ class StopOnCtrlC(keras.callbacks.Callback):
         return ctrl_c_calls(self.request)
 
     def request(self):
+        """The SIGINT handler: ask to stop (and say so), or, asked already, stop at once."""
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
