@@ -4,7 +4,6 @@ Layer names are those of rykov8/ssd_keras and wikke/SSD_Keras, so their
 Keras 2 HDF5 weight files load by layer name (see :mod:`ssd300.weights`).
 """
 
-
 import keras
 from keras import layers
 
