@@ -26,6 +26,7 @@ Example:
 """
 
 import dataclasses
+import gc
 import math
 import os
 import tempfile
@@ -431,6 +432,12 @@ def fit(config):
     except BaseException:
         undo()
         raise
+    finally:
+        # When fit raises (Ctrl-C, the time limit, an error), Keras leaves the data's TensorFlow
+        # iterators on the model, in reference cycles; at exit TensorFlow would then run their
+        # Python generators' cleanup in a finished interpreter (an error, and "the process may
+        # be terminated"). Freed here, with the model, while Python still runs.
+        gc.collect()
     if result.status != "up_to_date":
         undo()
     return result
