@@ -5,6 +5,8 @@ Boxes are ``xmin, ymin, xmax, ymax`` arrays of shape ``(..., 4)``.
 
 import numpy as np
 
+from .checks import check_unit_interval
+
 
 def box_area(boxes, offset=0.0):
     """Area of ``(..., 4)`` boxes; ``offset=1`` for inclusive pixel coordinates."""
@@ -109,8 +111,7 @@ def batched_nms(boxes, scores, groups, iou_threshold=0.45, max_output_size=400):
     if not len(boxes) == len(scores) == len(groups):
         raise ValueError(f"batched_nms needs as many boxes, scores and groups; got "
                          f"{len(boxes)}, {len(scores)} and {len(groups)}")
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    check_unit_interval("iou_threshold", iou_threshold)
     # By group, then by decreasing score; the lower index first among equals.
     order = np.argsort(-scores, kind="stable")
     order = order[np.argsort(groups[order], kind="stable")]

@@ -33,10 +33,15 @@ def check_non_negative(name, value):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
-def check_probability(name, value):
-    """Raise unless ``value`` is a number in ``[0, 1]``."""
+def check_unit_interval(name, value, kind=""):
+    """Raise unless ``value`` is a number in ``[0, 1]`` (an IoU threshold; NaN is not)."""
     if not is_number(value) or not 0 <= value <= 1:
-        raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+        raise ValueError(f"{name} must be {kind}in [0, 1], got {value!r}")
+
+
+def check_probability(name, value):
+    """Raise unless ``value`` is a probability, a number in ``[0, 1]``."""
+    check_unit_interval(name, value, "a probability ")
 
 
 def image_size_hw(image_size):
@@ -53,14 +58,10 @@ def image_size_hw(image_size):
         >>> image_size_hw((300, 300, 3))
         (300, 300)
     """
-    size = () if isinstance(image_size, (str, bytes)) else tuple(_sequence(image_size))
+    try:
+        size = () if isinstance(image_size, (str, bytes)) else tuple(image_size)
+    except TypeError:  # a number, None
+        size = ()
     if len(size) not in (2, 3) or not all(is_integer(v) and v > 0 for v in size[:2]):
         raise ValueError(f"image_size must be (height, width), two positive integers, got {image_size!r}")
     return int(size[0]), int(size[1])
-
-
-def _sequence(value):
-    try:
-        return list(value)
-    except TypeError:  # a number, None
-        return []

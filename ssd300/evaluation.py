@@ -15,6 +15,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .box_ops import iou
+from .checks import check_unit_interval
 from .errors import UserError
 from .voc import AnnotationError
 
@@ -123,8 +124,7 @@ def evaluate_detections(detections, ground_truth, iou_threshold=0.5, use_07_metr
             arrays of other shapes or with NaN (the image named), or an
             ``iou_threshold`` outside ``[0, 1]``.
     """
-    if not 0.0 <= iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in [0, 1], got {iou_threshold}")
+    check_unit_interval("iou_threshold", iou_threshold)
     for name, value in (("detections", detections), ("ground_truth", ground_truth)):
         if not isinstance(value, collections.abc.Mapping):
             raise ValueError(f"{name} must map image ids to arrays, got {type(value).__name__}")

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from .box_ops import batched_nms, box_area, iou
-from .checks import is_integer, is_number
+from .checks import check_unit_interval, is_integer, is_number
 from .layout import check_num_classes, num_columns, split_predictions, split_targets
 from .priors import PriorFileError, check_priors
 
@@ -79,8 +79,7 @@ def check_detection_options(*, nms_thresh=0.45, top_k=400, keep_top_k=200, confi
         ValueError: naming the setting and the value (``keep_top_k=-1``
             dropped the last detection, a NaN threshold kept nothing).
     """
-    if not is_number(nms_thresh) or not 0.0 <= nms_thresh <= 1.0:
-        raise ValueError(f"nms_thresh must be in [0, 1], got {nms_thresh!r}")
+    check_unit_interval("nms_thresh", nms_thresh)
     if not is_integer(top_k) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}")
     if keep_top_k is not None and (not is_integer(keep_top_k) or keep_top_k < 1):
@@ -110,8 +109,7 @@ class BBoxUtility:
     def __init__(self, num_classes, priors=None, overlap_threshold=0.5,
                  nms_thresh=0.45, top_k=400):
         check_num_classes(num_classes)
-        if not 0.0 <= overlap_threshold <= 1.0:
-            raise ValueError(f"overlap_threshold must be in [0, 1], got {overlap_threshold}")
+        check_unit_interval("overlap_threshold", overlap_threshold)
         self.num_classes = num_classes
         self.overlap_threshold = overlap_threshold
         self.nms_thresh = nms_thresh

@@ -433,10 +433,11 @@ def fit(config):
         undo()
         raise
     finally:
-        # When fit raises (Ctrl-C, the time limit, an error), Keras leaves the data's TensorFlow
-        # iterators on the model, in reference cycles; at exit TensorFlow would then run their
-        # Python generators' cleanup in a finished interpreter (an error, and "the process may
-        # be terminated"). Freed here, with the model, while Python still runs.
+        # When fit raises (a Ctrl-C, the time limit), Keras leaves the data's TensorFlow iterators
+        # on the model, in reference cycles; at exit TensorFlow would then run their Python
+        # generators' cleanup in a finished interpreter (an error, and "the process may be
+        # terminated"). Freed here, with the model, while Python still runs. (An error's
+        # traceback still holds the model until its caller lets go.)
         gc.collect()
     if result.status != "up_to_date":
         undo()
